@@ -129,7 +129,8 @@ def allocation_weights(p, G, *, alpha: float = 1e-3, beta: float = 2.0) -> np.nd
     alpha, beta = _alpha_beta(alpha, beta)
     w = np.zeros_like(p)
     ok = (p > 0) & (G > 0)
-    w[ok] = G[ok] / np.sqrt(p[ok] + alpha * p[ok] ** (1.0 - beta))
+    with np.errstate(over="ignore"):  # p**(1-beta) -> inf for tiny p gives the limit w -> 0
+        w[ok] = G[ok] / np.sqrt(p[ok] + alpha * p[ok] ** (1.0 - beta))
     return w
 
 

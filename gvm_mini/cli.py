@@ -1,0 +1,156 @@
+"""Command line: ``python -m gvm_mini {demo,train,eval,plot,allocate} ...`` (``--help`` on each).
+
+Errors a user can cause (config, data, paths, missing extras) print one line and exit with code 2
+before anything expensive starts; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m gvm_mini",
+        description="GVM-RAFT (arXiv 2505.02391): variance-minimising per-prompt sample budgets for RAFT, RAFT++ and GRPO.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="the CPU demo: GVM against uniform budgets, with plots and a table")
+    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument("--quick", action="store_true", help="a smaller demo (about 2 minutes)")
+    d.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, quick: 2)")
+    _add_common(d)
+
+    t = sub.add_parser("train", help="run EM iterations from a YAML config")
+    t.add_argument("--config", required=False, help="YAML config file (see configs/)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set learning_rate=1e-5")
+    t.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, allocations.jsonl, checkpoint/)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed iteration")
+    t.add_argument("--dry-run", action="store_true", help="resolve the config, build the model and print the plan; no training")
+    _add_common(t)
+
+    e = sub.add_parser("eval", help="Average@k and pass@k of a model on a dataset")
+    e.add_argument("--config", help="take model, prompt template and sampling settings from this YAML")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--adapter", help="a LoRA adapter directory (e.g. RUN/adapter) to load on the model")
+    e.add_argument("--dataset", help="arithmetic | champ | jsonl:PATH | hub:NAME (default: the config's eval split)")
+    e.add_argument("--k", type=int, default=None, help="samples per problem (default: eval_samples)")
+    e.add_argument("--out", help="write the result as JSON here")
+    _add_common(e)
+
+    p = sub.add_parser("plot", help="plot accuracy curves of run directories")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--x", default="tokens", choices=["tokens", "samples", "steps", "updates", "wall"])
+    p.add_argument("--metric", default="avg_at_k")
+    p.add_argument("--out", default="curves.png", help="PNG file (default: curves.png)")
+    p.add_argument("--allocation", action="store_true", help="also plot n_i vs p_i for each run (RUN/allocation.png)")
+    _add_common(p)
+    return ap
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from .plan import print_plan
+
+        print_plan(cfg)
+        return 0
+    from .em import run
+
+    state = run(cfg, Path(args.out), resume=args.resume)
+    print(f"done: {state.iteration} iterations, {state.global_step} M-steps, {state.tokens} generated tokens "
+          f"({state.pilot_tokens} in pilots) -> {args.out}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .config import load_config
+    from .config import replace as cfg_replace
+    from .em import _prompt_texts, build_policy, load_problems
+    from .evaluate import evaluate_policy
+    from .rewards import get_verifier
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dataset:
+        cfg = cfg_replace(cfg, eval_dataset=args.dataset if args.dataset != "arithmetic" else None)
+    if args.adapter and not Path(args.adapter).is_dir():
+        from .config import ConfigError
+
+        raise ConfigError(f"adapter directory not found: {args.adapter}")
+    _, test = load_problems(cfg)
+    if not test:
+        from .config import ConfigError
+
+        raise ConfigError("the evaluation set is empty")
+    model, tokenizer = build_policy(cfg_replace(cfg, lora=False))
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+    res = evaluate_policy(
+        model, tokenizer, _prompt_texts(cfg, tokenizer, test), [p.answer for p in test], get_verifier(cfg.verifier),
+        k=args.k or cfg.eval_samples, temperature=cfg.eval_temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.max_completion_length, batch_size=cfg.sample_batch_size, seed=cfg.seed, progress=cfg.progress,
+    )
+    print(json.dumps(res, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from .config import ConfigError
+    from .plots import plot_allocation, plot_runs
+
+    for r in args.runs:
+        if not (Path(r) / "metrics.jsonl").is_file():
+            raise ConfigError(f"{r} is not a run directory (no metrics.jsonl)")
+    plot_runs(args.runs, args.out, x=args.x, metric=args.metric)
+    print(f"wrote {args.out}")
+    if args.allocation:
+        for r in args.runs:
+            if (Path(r) / "allocations.jsonl").is_file():
+                print(f"wrote {plot_allocation(r, Path(r) / 'allocation.png')}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, seeds=args.seeds)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; the last completed iteration is checkpointed (use --resume)", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for user errors, a traceback only with --debug
+        from .config import ConfigError
+
+        if args.debug:
+            raise
+        user_error = isinstance(e, (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError, TypeError))
+        print(f"error: {e}" if user_error else f"error ({type(e).__name__}): {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Run configuration: one dataclass, YAML in and out, ``--set key=value`` overrides, validation.
+
+Every check here runs before any model is loaded, and every failure is one :class:`ConfigError`
+line that names the key. Names mirror TRL's ``GRPOConfig`` where the concept is the same
+(``num_generations`` is ``samples_per_prompt`` here because GVM makes it a per-prompt budget,
+``epsilon``, ``epsilon_high``, ``temperature``, ``max_completion_length``, ``loss_type``); the KL
+coefficient is ``kl_coef`` because ``alpha``/``beta`` are the allocation's regulariser (Eq. 7)
+— TRL's ``beta`` is its KL coefficient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "save_config", "validate"]
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with the configuration (or its inputs); the message is one line."""
+
+
+ALGORITHMS = ("raft", "raftpp", "grpo")
+ALLOCATIONS = ("gvm", "uniform", "acceptance_only", "reward_variance", "filter_extremes")
+GRADNORM_PARAMS = ("embed_tokens", "lm_head", "lora", "all")
+LOSS_TYPES = ("token_mean", "seq_mean_token_mean")
+VERIFIERS = ("exact", "math_verify")
+BACKENDS = ("hf", "vllm")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+KL_REFERENCES = ("iteration_start", "initial")
+
+
+@dataclass
+class Config:
+    """Everything a run needs. Defaults are a tiny CPU run of GVM-RAFT++ (seconds per iteration)."""
+
+    # --- model -------------------------------------------------------------------------------
+    model: str = "tiny-qwen2"  # local dir, hub id, tiny-qwen2, tiny-llama, smollm2, twin:<name>
+    init_from: str | None = None  # a directory with weights to start from (e.g. the demo's SFT warm start)
+    dtype: str = "float32"
+    device: str = "cpu"
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    load_in_4bit: bool = False
+    gradient_checkpointing: bool = False
+
+    # --- data --------------------------------------------------------------------------------
+    dataset: str = "arithmetic"  # arithmetic | champ | jsonl:PATH | hub:NAME
+    eval_dataset: str | None = None  # default: the held-out split of `dataset`
+    train_size: int = 256
+    test_size: int = 64
+    data_seed: int = 1234
+    verifier: str = "exact"
+    system_prompt: str | None = "default"  # "default" = the paper's; null = no system message
+    instruction: str | None = "default"  # appended to each problem; "default" = the paper's
+    max_prompt_length: int = 256
+
+    # --- algorithm (METHOD.md sections 3-5) -----------------------------------------------------
+    algorithm: str = "raftpp"
+    allocation: str = "gvm"
+    num_pilot: int = 8  # N' (Algorithm 2); ignored by allocation=uniform, which needs no pilot
+    samples_per_prompt: int = 8  # N / n: the per-iteration budget is this times the prompts
+    alpha: float = 1e-3
+    beta: float = 2.0
+    min_per_prompt: int = 0
+    max_per_prompt: int | None = None
+    reuse_pilot: bool = False  # count the pilot samples towards n_i instead of drawing them again
+    gradnorm_params: str = "embed_tokens"
+    grpo_group_size: int | None = None  # None: one group of n_i per prompt (official HEAD); 4: paper App. B
+    grpo_scale_std: bool = True
+
+    # --- sampling ----------------------------------------------------------------------------
+    backend: str = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_length: int = 64
+    sample_batch_size: int = 64
+    max_batch_tokens: int | None = None
+
+    # --- optimisation --------------------------------------------------------------------------
+    iterations: int = 2
+    prompts_per_step: int = 8
+    steps_per_iteration: int = 2  # k M-steps per E-step (paper: ~9-10)
+    mini_batch_size: int = 64  # responses per optimizer update
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    epsilon: float = 0.2
+    epsilon_high: float = 0.2
+    kl_coef: float = 0.001
+    kl_reference: str = "iteration_start"
+    loss_type: str = "token_mean"
+    reset_optimizer: bool = True  # fresh AdamW every iteration, as the official code
+
+    # --- evaluation ----------------------------------------------------------------------------
+    eval_every: int = 1  # iterations; 0 = never
+    eval_samples: int = 4  # k of Average@k / pass@k
+    eval_temperature: float = 1.0
+    eval_size: int | None = None  # None = the whole eval split
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    seed: int = 0
+    progress: bool = True
+    save_weights: bool = True  # keep the trainable weights of the last finished iteration
+
+    @property
+    def budget_per_step(self) -> int:
+        return self.samples_per_prompt * self.prompts_per_step
+
+    @property
+    def prompts_per_iteration(self) -> int:
+        return self.prompts_per_step * self.steps_per_iteration
+
+    @property
+    def uses_pilot(self) -> bool:
+        return self.allocation != "uniform"
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _type_of(name: str) -> tuple[type, bool]:
+    """(base type, optional?) for a field, from its annotation string."""
+    ann = str(_FIELDS[name].type)
+    optional = "None" in ann
+    base = ann.replace("| None", "").replace("None |", "").strip()
+    return {"int": int, "float": float, "bool": bool, "str": str}[base], optional
+
+
+def _coerce(name: str, value: Any) -> Any:
+    typ, optional = _type_of(name)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} may not be null (expected {typ.__name__})")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return str(value)
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def from_dict(d: dict, base: Config | None = None) -> Config:
+    """Build a Config from a mapping, coercing types; unknown keys suggest the nearest valid one."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a mapping of key: value, got {type(d).__name__}")
+    values = asdict(base) if base is not None else {}
+    for k, v in d.items():
+        if k not in _FIELDS:
+            raise _unknown(str(k))
+        values[k] = _coerce(k, v)
+    return Config(**values)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or start from defaults if ``path`` is None), apply ``key=value``
+    overrides, validate. Any problem is one :class:`ConfigError` naming the file or key."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file") from None
+        if data is None:
+            data = {}
+        try:
+            cfg = from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    cfg = apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` strings (values parsed as YAML scalars: ``lr=1e-5``, ``lora=false``)."""
+    updates = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in _FIELDS:
+            raise _unknown(key)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        updates[key] = value
+    return from_dict(updates, base=cfg) if updates else cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+
+def _choice(cfg: Config, name: str, options: tuple[str, ...]) -> None:
+    v = getattr(cfg, name)
+    if v not in options:
+        close = difflib.get_close_matches(str(v), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {v!r}{hint}")
+
+
+def _positive(cfg: Config, *names: str, zero_ok: bool = False) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{n} must be finite, got {v}")
+        if v < 0 or (v == 0 and not zero_ok):
+            raise ConfigError(f"{n} must be {'>= 0' if zero_ok else '> 0'}, got {v}")
+
+
+def validate(cfg: Config) -> Config:
+    """Every check that can be made without loading a model; raises one-line ConfigErrors."""
+    for name, opts in [
+        ("algorithm", ALGORITHMS), ("allocation", ALLOCATIONS), ("gradnorm_params", GRADNORM_PARAMS),
+        ("loss_type", LOSS_TYPES), ("verifier", VERIFIERS), ("backend", BACKENDS), ("dtype", DTYPES),
+        ("kl_reference", KL_REFERENCES),
+    ]:
+        _choice(cfg, name, opts)
+    _positive(cfg, "alpha", "learning_rate", "iterations", "prompts_per_step", "steps_per_iteration",
+              "mini_batch_size", "samples_per_prompt", "max_completion_length", "sample_batch_size",
+              "lora_r", "lora_alpha", "eval_samples", "train_size", "max_prompt_length",
+              "max_batch_tokens", "top_p", "eval_size")
+    _positive(cfg, "temperature", "eval_temperature", "weight_decay", "max_grad_norm", "epsilon",
+              "epsilon_high", "kl_coef", "min_per_prompt", "lora_dropout", "test_size", "eval_every",
+              zero_ok=True)
+    if cfg.uses_pilot and cfg.num_pilot < 1:
+        raise ConfigError(f"num_pilot (N') must be >= 1 for allocation={cfg.allocation}, got {cfg.num_pilot}")
+    if cfg.num_pilot < 0:
+        raise ConfigError(f"num_pilot must be >= 0, got {cfg.num_pilot}")
+    if not math.isfinite(cfg.beta) or cfg.beta < 1:
+        raise ConfigError(f"beta must be >= 1 (the paper uses 2), got {cfg.beta}")
+    if cfg.top_p > 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.epsilon_high < cfg.epsilon:
+        raise ConfigError(
+            f"epsilon_high ({cfg.epsilon_high}) must be >= epsilon ({cfg.epsilon}): clip-higher widens "
+            "the upper bound only"
+        )
+    if cfg.lora_dropout >= 1:
+        raise ConfigError(f"lora_dropout must be < 1, got {cfg.lora_dropout}")
+    if cfg.min_per_prompt * cfg.prompts_per_step > cfg.budget_per_step:
+        raise ConfigError(
+            f"min_per_prompt={cfg.min_per_prompt} cannot be met: {cfg.prompts_per_step} prompts per step "
+            f"need {cfg.min_per_prompt * cfg.prompts_per_step} samples but the budget is "
+            f"samples_per_prompt x prompts_per_step = {cfg.budget_per_step}"
+        )
+    if cfg.max_per_prompt is not None:
+        if cfg.max_per_prompt < max(cfg.min_per_prompt, 1):
+            raise ConfigError(f"max_per_prompt must be >= max(min_per_prompt, 1), got {cfg.max_per_prompt}")
+        if cfg.max_per_prompt * cfg.prompts_per_step < cfg.budget_per_step:
+            raise ConfigError(
+                f"max_per_prompt={cfg.max_per_prompt} cannot hold the budget of {cfg.budget_per_step} samples "
+                f"over {cfg.prompts_per_step} prompts"
+            )
+    if cfg.grpo_group_size is not None and cfg.grpo_group_size < 2:
+        raise ConfigError(f"grpo_group_size must be >= 2 or null, got {cfg.grpo_group_size}")
+    if cfg.gradnorm_params == "lora" and not cfg.lora:
+        raise ConfigError("gradnorm_params=lora needs lora=true")
+    if cfg.load_in_4bit and not cfg.lora:
+        raise ConfigError("load_in_4bit=true (QLoRA) needs lora=true: 4-bit weights cannot be trained directly")
+    if cfg.prompts_per_iteration > cfg.train_size and cfg.dataset == "arithmetic":
+        raise ConfigError(
+            f"prompts_per_step x steps_per_iteration = {cfg.prompts_per_iteration} exceeds train_size={cfg.train_size}"
+        )
+    ds = cfg.dataset
+    if not (ds in ("arithmetic", "champ") or ds.startswith("jsonl:") or ds.startswith("hub:")):
+        raise ConfigError(f"dataset must be arithmetic, champ, jsonl:PATH or hub:NAME, got {ds!r}")
+    if ds.startswith("jsonl:") and not Path(ds[6:]).is_file():
+        raise ConfigError(f"dataset file not found: {ds[6:]}")
+    if cfg.eval_dataset and cfg.eval_dataset.startswith("jsonl:") and not Path(cfg.eval_dataset[6:]).is_file():
+        raise ConfigError(f"eval_dataset file not found: {cfg.eval_dataset[6:]}")
+    return cfg
+
+
+def replace(cfg: Config, **kw) -> Config:
+    """A validated copy with some fields changed."""
+    return validate(dataclasses.replace(cfg, **kw))

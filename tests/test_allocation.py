@@ -1,0 +1,193 @@
+"""Proposition 1 and the baseline rules (gvm_mini.allocation)."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from gvm_mini.allocation import (
+    AllocationFallbackWarning,
+    acceptance_only,
+    allocate,
+    allocation_weights,
+    continuous_allocation,
+    expected_accepted,
+    filter_extremes,
+    get_rule,
+    reward_variance,
+    uniform,
+    variance_objective,
+)
+
+
+def test_weights_by_hand():
+    # w = G / sqrt(p + alpha / p^(beta-1)), alpha=1e-3, beta=2:
+    # p=1/2: 1/sqrt(0.5 + 0.002) = 1.41139...; p=1/8: 1/sqrt(0.125 + 0.008) = 2.74204...
+    w = allocation_weights([0.5, 0.125, 0.0, 1.0], [1.0, 2.0, 5.0, 0.0])
+    assert w[0] == pytest.approx(1 / math.sqrt(0.502), rel=1e-12)
+    assert w[1] == pytest.approx(2 / math.sqrt(0.133), rel=1e-12)
+    assert w[2] == 0.0  # p = 0: dropped, as the official code
+    assert w[3] == 0.0  # G = 0: dropped
+
+
+def test_weight_profile_matches_method_table():
+    # METHOD.md section 3 table for alpha=1e-3, beta=2, N'=8 (G ignored).
+    p = np.arange(1, 9) / 8
+    expected = [2.742, 1.984, 1.627, 1.411, 1.263, 1.154, 1.068, 0.9995]
+    assert allocation_weights(p, np.ones(8)) == pytest.approx(expected, abs=6e-4)
+
+
+def test_allocate_hand_example():
+    # continuous: 16 * w / sum(w) = [4.382, 8.514, 0, 3.103] -> floors [4, 8, 0, 3] (15),
+    # the one left over goes to the largest remainder (0.514, prompt 1).
+    n = allocate([0.5, 0.125, 0, 1], [1, 1, 1, 1], 16)
+    assert n.tolist() == [4, 9, 0, 3]
+    assert n.dtype.kind == "i"
+
+
+def test_g_matters():
+    # equal p, G doubled => twice the samples
+    n = allocate([0.5, 0.5], [1.0, 2.0], 30)
+    assert n.tolist() == [10, 20]
+
+
+def test_bounds_by_hand():
+    # prompt 2 (p=0) gets min 2; prompt 1 hits the cap 6; the other 8 split 1.4114 : 0.9995
+    # -> 4.68, 3.32 -> [5, 3].
+    n = allocate([0.5, 0.125, 0, 1], [1, 1, 1, 1], 16, min_per_prompt=2, max_per_prompt=6)
+    assert n.tolist() == [5, 6, 2, 3]
+
+
+def test_saturated_weighted_prompts_spill_to_zero_weight_prompts():
+    n = allocate([0.5, 0.0, 0.0], [1, 1, 1], 10, max_per_prompt=4)
+    assert n.tolist() == [4, 3, 3]
+
+
+def test_all_zero_weights_fall_back_to_uniform_with_warning():
+    with pytest.warns(AllocationFallbackWarning):
+        n = allocate([0, 0, 0], [1, 1, 1], 10)
+    assert n.tolist() == [4, 3, 3]
+
+
+def test_empty_and_zero_budget():
+    assert allocate([], [], 0).tolist() == []
+    assert allocate([0.5, 0.2], [1, 1], 0).tolist() == [0, 0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 1), st.floats(0, 100)), min_size=1, max_size=40
+    ),
+    st.integers(0, 5000),
+    st.sampled_from([1e-4, 1e-3, 1e-2]),
+    st.sampled_from([1.0, 2.0, 3.5, 5.0]),
+)
+def test_sum_equals_budget_and_within_one_sample(pairs, budget, alpha, beta):
+    p = np.array([a for a, _ in pairs])
+    G = np.array([b for _, b in pairs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AllocationFallbackWarning)
+        n = allocate(p, G, budget, alpha=alpha, beta=beta)
+        x = continuous_allocation(p, G, budget, alpha=alpha, beta=beta)
+    assert n.sum() == budget
+    assert (n >= 0).all()
+    assert np.all(np.abs(n - x) < 1.0 + 1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.01, 1), st.floats(0.01, 10)), min_size=2, max_size=12),
+    st.integers(1, 4),
+    st.integers(0, 3),
+)
+def test_bounded_allocation_respects_bounds(pairs, lo, extra):
+    p = np.array([a for a, _ in pairs])
+    G = np.array([b for _, b in pairs])
+    m = len(p)
+    hi = lo + extra + 1
+    budget = (lo * m + hi * m) // 2
+    n = allocate(p, G, budget, min_per_prompt=lo, max_per_prompt=hi)
+    assert n.sum() == budget
+    assert n.min() >= lo and n.max() <= hi
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_continuous_allocation_minimises_eq7(seed):
+    rng = np.random.default_rng(seed)
+    m = 8
+    p = rng.uniform(0.02, 1.0, m)
+    G = rng.uniform(0.1, 5.0, m)
+    N = 64.0
+    x = continuous_allocation(p, G, 64)
+    # numerical minimisation of Eq. 7 on the simplex sum n = N, via softmax parametrisation
+    def f(z):
+        n = N * np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        return variance_objective(n, p, G)
+
+    res = minimize(f, np.zeros(m), method="BFGS", options={"gtol": 1e-12, "maxiter": 10000})
+    n_num = N * np.exp(res.x - res.x.max()) / np.exp(res.x - res.x.max()).sum()
+    assert variance_objective(x, p, G) <= res.fun * (1 + 1e-9)
+    assert x == pytest.approx(n_num, rel=1e-4)  # argmin agrees (flat objective near optimum)
+    assert variance_objective(x, p, G) == pytest.approx(res.fun, rel=1e-6)
+
+
+def test_gvm_beats_uniform_on_eq7():
+    p = np.array([0.9, 0.5, 0.1, 0.05])
+    G = np.array([1.0, 2.0, 3.0, 1.0])
+    v_gvm = variance_objective(allocate(p, G, 80), p, G)
+    v_uni = variance_objective(uniform(p, G, 80), p, G)
+    assert v_gvm < v_uni
+
+
+def test_variance_objective_by_hand():
+    # one prompt: G^2 / (p n) / (1 + alpha / p^beta) = 4 / (0.5 * 8) / (1 + 1e-3 / 0.25) = 1/1.004
+    assert variance_objective([8], [0.5], [2.0]) == pytest.approx(1 / 1.004, rel=1e-12)
+    assert variance_objective([8], [0.5], [2.0], alpha=0.0) == pytest.approx(1.0)
+    assert variance_objective([0, 3], [0.0, 0.5], [1.0, 0.0]) == 0.0
+    assert variance_objective([0], [0.5], [1.0]) == math.inf
+    assert expected_accepted([4, 9, 0, 3], [0.5, 0.125, 0, 1]) == pytest.approx(2 + 1.125 + 3)
+
+
+def test_baselines_by_hand():
+    p = [0.5, 0.125, 0.0, 1.0]
+    G = [1, 1, 1, 1]
+    assert uniform(p, G, 18).tolist() == [5, 5, 4, 4]
+    # p(1-p) = 0.25, 0.109375, 0, 0 -> 16 * [0.6957, 0.3043] = [11.13, 4.87] -> [11, 5]
+    assert reward_variance(p, G, 16).tolist() == [11, 5, 0, 0]
+    assert filter_extremes(p, G, 16).tolist() == [8, 8, 0, 0]
+    assert acceptance_only(p, [7, 1, 1, 3], 16).tolist() == allocate(p, G, 16).tolist()
+    assert get_rule("gvm") is allocate
+    with pytest.raises(ValueError, match="unknown allocation rule"):
+        get_rule("gvn")
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(p=[0.5, 0.5], G=[1], budget=4), "same length"),
+        (dict(p=[0.5, float("nan")], G=[1, 1], budget=4), "p must be finite"),
+        (dict(p=[0.5, 1.5], G=[1, 1], budget=4), "p must be <= 1"),
+        (dict(p=[0.5, -0.1], G=[1, 1], budget=4), "p must be >= 0"),
+        (dict(p=[0.5, 0.5], G=[1, -1], budget=4), "G must be >= 0"),
+        (dict(p=[0.5, 0.5], G=[1, float("inf")], budget=4), "G must be finite"),
+        (dict(p=[[0.5]], G=[[1]], budget=4), "one-dimensional"),
+        (dict(p=["a"], G=[1], budget=4), "p must be a sequence of numbers"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=-1), "budget must be >= 0"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4.5), "budget must be an integer"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4, alpha=0), "alpha"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4, alpha=-1), "alpha"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4, beta=0.5), "beta"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4, min_per_prompt=3), "min_per_prompt=3 cannot be met"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4, max_per_prompt=1), "max_per_prompt=1 cannot be met"),
+        (dict(p=[0.5, 0.5], G=[1, 1], budget=4, min_per_prompt=2, max_per_prompt=1), "max_per_prompt"),
+        (dict(p=[], G=[], budget=3), "no prompts"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        allocate(**kwargs)

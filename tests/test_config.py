@@ -1,0 +1,91 @@
+"""Config: YAML round trip, overrides, and one clear error per bad input, before any model loads."""
+
+from pathlib import Path
+
+import pytest
+
+from gvm_mini.config import Config, ConfigError, apply_overrides, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = load_config(None)
+    assert cfg.budget_per_step == cfg.samples_per_prompt * cfg.prompts_per_step
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_every_shipped_config_validates():
+    files = sorted((ROOT / "configs").glob("*.yaml"))
+    assert files, "configs/ is empty"
+    for f in files:
+        load_config(f)
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["learning_rate=1e-5", "lora=false", "max_per_prompt=null", "iterations=3",
+                                     "system_prompt=null", "alpha=0.01"])
+    assert cfg.learning_rate == 1e-5 and cfg.lora is False and cfg.max_per_prompt is None
+    assert cfg.iterations == 3 and cfg.system_prompt is None and cfg.alpha == 0.01
+
+
+BAD_YAML = [
+    ("algorithm: [raftpp\n", "malformed YAML at line"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("learning_rat: 0.1\n", "did you mean 'learning_rate'"),
+    ("num_pilots: 4\n", "did you mean 'num_pilot'"),
+    ("iterations: two\n", "iterations must be an integer"),
+    ("iterations: 2.5\n", "iterations must be an integer"),
+    ("lora: maybe\n", "lora must be true or false"),
+    ("learning_rate: fast\n", "learning_rate must be a number"),
+    ("alpha: 0\n", "alpha must be > 0"),
+    ("alpha: -1e-3\n", "alpha must be > 0"),
+    ("beta: 0.5\n", "beta must be >= 1"),
+    ("num_pilot: 0\n", "num_pilot"),
+    ("epsilon: 0.3\nepsilon_high: 0.2\n", "epsilon_high"),
+    ("learning_rate: 0\n", "learning_rate must be > 0"),
+    ("learning_rate: -1\n", "learning_rate must be > 0"),
+    ("temperature: -0.5\n", "temperature must be >= 0"),
+    ("top_p: 1.5\n", "top_p must be in"),
+    ("min_per_prompt: 9\nsamples_per_prompt: 8\n", "min_per_prompt=9 cannot be met"),
+    ("max_per_prompt: 2\nsamples_per_prompt: 8\n", "max_per_prompt=2 cannot hold"),
+    ("algorithm: ppo\n", "algorithm must be one of"),
+    ("allocation: gvn\n", "did you mean 'gvm'"),
+    ("gradnorm_params: embeddings\n", "gradnorm_params must be one of"),
+    ("loss_type: sum\n", "loss_type must be one of"),
+    ("verifier: regex\n", "verifier must be one of"),
+    ("dataset: jsonl:/no/such/file.jsonl\n", "dataset file not found"),
+    ("dataset: s3://bucket\n", "dataset must be"),
+    ("grpo_group_size: 1\n", "grpo_group_size"),
+    ("lora: false\ngradnorm_params: lora\n", "gradnorm_params=lora needs lora=true"),
+    ("lora: false\nload_in_4bit: true\n", "needs lora=true"),
+    ("prompts_per_step: 100\ntrain_size: 50\n", "exceeds train_size"),
+    ("iterations: null\n", "iterations may not be null"),
+    ("kl_reference: base\n", "kl_reference must be one of"),
+    ("mini_batch_size: 0\n", "mini_batch_size must be > 0"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_YAML)
+def test_bad_yaml_is_one_clear_error(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(f)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_binary_config(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(ConfigError):
+        load_config(f)
+
+
+@pytest.mark.parametrize("item, message", [("lr", "expects key=value"), ("lr=1", "did you mean 'lora_r'|unknown config key")])
+def test_bad_override(item, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [item])
