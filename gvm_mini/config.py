@@ -91,6 +91,7 @@ class Config:
     prompts_per_step: int = 8
     steps_per_iteration: int = 2  # k M-steps per E-step (paper: ~9-10)
     mini_batch_size: int = 64  # responses per optimizer update
+    micro_batch_size: int | None = None  # responses per forward/backward (gradient accumulation); None = mini_batch_size
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -270,7 +271,7 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "alpha", "learning_rate", "iterations", "prompts_per_step", "steps_per_iteration",
               "mini_batch_size", "samples_per_prompt", "max_completion_length", "sample_batch_size",
               "lora_r", "lora_alpha", "eval_samples", "train_size", "max_prompt_length",
-              "max_batch_tokens", "top_p", "eval_size")
+              "max_batch_tokens", "top_p", "eval_size", "micro_batch_size")
     _positive(cfg, "temperature", "eval_temperature", "weight_decay", "max_grad_norm", "epsilon",
               "epsilon_high", "kl_coef", "min_per_prompt", "lora_dropout", "test_size", "eval_every",
               zero_ok=True)

@@ -267,30 +267,48 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
             ids, attn, cmask, _ = to_batch(rollout, pad_id, c)
             ids, attn = ids.to(dev), attn.to(dev)
             if cfg.algorithm != "raft":
-                old[j] = losses.token_logprobs(model, ids, attn)
+                old[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
             if use_kl:
                 if cfg.kl_reference == "initial" and cfg.lora:
                     from .models import reference_logits_context
 
                     with reference_logits_context(model):
-                        ref[j] = losses.token_logprobs(model, ids, attn)
+                        ref[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
                 else:
                     with _swapped(trainable, ref_values):
-                        ref[j] = losses.token_logprobs(model, ids, attn)
+                        ref[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
+    model.train()  # LoRA dropout (if any) is on for the update itself
+    micro = cfg.micro_batch_size or cfg.mini_batch_size
     for j, c in enumerate(chunks):
-        ids, attn, cmask, _ = to_batch(rollout, pad_id, c)
-        ids, attn, cmask = ids.to(dev), attn.to(dev), cmask.to(dev)
-        logp = losses.token_logprobs(model, ids, attn)
-        loss, st = losses.policy_objective(
-            logp, old[j], adv[c].to(dev), cmask, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-            loss_type=cfg.loss_type, kl_coef=cfg.kl_coef if use_kl else 0.0, ref_logp=ref[j],
-            policy_loss="vanilla" if cfg.algorithm == "raft" else "clip",
-        )
+        # gradient accumulation over micro-batches; each micro loss is weighted by its share of the
+        # mini-batch's tokens (token_mean) or sequences (seq_mean_token_mean), so the accumulated
+        # gradient equals that of the whole mini-batch in one piece.
+        ids_all, attn_all, cmask_all, _ = to_batch(rollout, pad_id, c)
+        unit = cmask_all.sum() if cfg.loss_type == "token_mean" else (cmask_all.sum(-1) > 0).sum()
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        acc_loss, acc_st, ok = 0.0, {}, True
+        for s0 in range(0, len(c), micro):
+            sl = slice(s0, s0 + micro)
+            ids, attn, cmask = ids_all[sl].to(dev), attn_all[sl].to(dev), cmask_all[sl].to(dev)
+            share = (cmask.sum() if cfg.loss_type == "token_mean" else (cmask.sum(-1) > 0).sum()) / unit.clamp_min(1)
+            logp = losses.token_logprobs(model, ids, attn)
+            loss, st = losses.policy_objective(
+                logp, None if old[j] is None else old[j][sl], adv[c][sl].to(dev), cmask,
+                epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                kl_coef=cfg.kl_coef if use_kl else 0.0, ref_logp=None if ref[j] is None else ref[j][sl],
+                policy_loss="vanilla" if cfg.algorithm == "raft" else "clip",
+            )
+            if not torch.isfinite(loss):
+                ok = False
+                break
+            (loss * share.to(loss.device)).backward()
+            acc_loss += float(loss) * float(share)
+            for k in ("pg_loss", "kl", "clip_frac"):
+                acc_st[k] = acc_st.get(k, 0.0) + float(st.get(k, loss if k == "pg_loss" else 0.0)) * float(share)
+        if not ok:
+            optimizer.zero_grad(set_to_none=True)
             stats["skipped_updates"] += 1
             continue
-        loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         if not torch.isfinite(gn):
             optimizer.zero_grad(set_to_none=True)
@@ -298,11 +316,10 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
             continue
         optimizer.step()
         stats["updates"] += 1
-        stats["loss"].append(float(loss))
+        stats["loss"].append(acc_loss)
         stats["grad_norm"].append(float(gn))
-        stats["pg_loss"].append(float(st.get("pg_loss", loss)))
-        stats["kl"].append(float(st.get("kl", 0.0)))
-        stats["clip_frac"].append(float(st.get("clip_frac", 0.0)))
+        for k in ("pg_loss", "kl", "clip_frac"):
+            stats[k].append(acc_st[k])
     optimizer.zero_grad(set_to_none=True)
     for k in ("loss", "pg_loss", "kl", "clip_frac", "grad_norm"):
         stats[k] = float(np.mean(stats[k])) if stats[k] else None
@@ -453,6 +470,11 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         model, tokenizer = build_policy(cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimizer = _make_optimizer(cfg, model)
+    # KL reference "initial" without LoRA: a frozen copy of the starting weights (re-derived on resume
+    # because loading is deterministic); with LoRA the adapter is simply switched off.
+    initial_values = None
+    if cfg.kl_coef > 0 and cfg.kl_reference == "initial" and not cfg.lora:
+        initial_values = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     metrics_path, alloc_path = out / "metrics.jsonl", out / "allocations.jsonl"
     state = load_checkpoint(out, model, optimizer) if resume else None
     if state is None:
@@ -489,7 +511,9 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         if cfg.reset_optimizer:
             optimizer = _make_optimizer(cfg, model)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        ref_values = [p.detach().clone() for p in trainable] if cfg.kl_coef > 0 and cfg.kl_reference == "iteration_start" else None
+        ref_values = initial_values
+        if cfg.kl_coef > 0 and cfg.kl_reference == "iteration_start":
+            ref_values = [p.detach().clone() for p in trainable]
         idx = iteration_prompt_indices(len(train), cfg, t)
         probs = [train[i] for i in idx]
         texts = _prompt_texts(cfg, tokenizer, probs)

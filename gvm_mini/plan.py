@@ -1,0 +1,131 @@
+"""``train --dry-run``: what a config will do and roughly what it needs, without training.
+
+The memory figures are *estimates* from the architecture (parameter counts are exact, built on the
+``meta`` device); measured figures, where a GPU was available, are in ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import Config
+
+__all__ = ["HUB_TWINS", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
+
+#: Hub ids whose shape twin stands in for the weights when they cannot be downloaded.
+HUB_TWINS = {
+    "Qwen/Qwen2.5-Math-1.5B": "qwen2.5-math-1.5b",
+    "Qwen/Qwen2.5-Math-1.5B-Instruct": "qwen2.5-math-1.5b",
+    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b",
+}
+
+_GB = 1024**3
+
+
+def resolve_shape(cfg: Config):
+    """(model built on the meta device, source) for ``cfg.model``: the real config when it is local
+    or a built-in, the shape twin for the known hub ids, else None."""
+    from . import models
+
+    name = cfg.model
+    try:
+        if name in HUB_TWINS or name.startswith("twin:"):
+            twin = HUB_TWINS.get(name, name.split(":", 1)[-1])
+            return models.shape_twin(twin, device="meta"), f"shape twin {twin}"
+        if name in ("tiny-qwen2", "tiny-llama", "smollm2"):
+            model, _ = models.load_model(name)
+            return model, "built-in"
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        conf = AutoConfig.from_pretrained(name, local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(conf), "local config"
+    except Exception as e:  # noqa: BLE001 - the plan says what it could not resolve
+        return None, f"unresolved ({type(e).__name__}: {e})"
+
+
+def _lora_params(model, r: int) -> int:
+    n = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and not name.endswith("lm_head"):
+            n += r * (mod.in_features + mod.out_features)
+    return n
+
+
+def estimate_memory(cfg: Config, model) -> dict:
+    """Peak-memory estimate (GiB) for training and for HF sampling.
+
+    weights: bf16/fp16 2 B/param, fp32 4 B; 4-bit NF4 with double quantisation ~0.53 B per linear
+    weight, embeddings kept in bf16. LoRA: adapter in fp32 + AdamW's two fp32 moments + grad
+    (16 B/param). Training activations for one micro-batch of ``micro_batch_size`` sequences of
+    ``max_prompt_length + max_completion_length`` tokens: without gradient checkpointing about
+    ``34 * h * L`` bytes per token (the usual transformer estimate), with it ``2 * h * L`` plus one
+    layer; fp32 logits and their log-softmax, ``8 * V`` bytes per token. Sampling: the KV cache,
+    ``4 * L * kv_heads * head_dim`` bytes per token (bf16 K and V) for ``sample_batch_size``
+    sequences, plus one step of fp32 logits.
+    """
+    c = model.config
+    h, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", heads) or heads
+    head_dim = getattr(c, "head_dim", None) or h // heads
+    n_params = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    tied = bool(getattr(c, "tie_word_embeddings", False))
+    head = 0 if tied else V * h
+    linear = n_params - embed - head
+    wbytes = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}[cfg.dtype]
+    if cfg.load_in_4bit:
+        weights = linear * 0.53 + (embed + head) * 2
+    else:
+        weights = n_params * wbytes
+    lora = _lora_params(model, cfg.lora_r) if cfg.lora else n_params
+    optim = lora * 16
+    T = cfg.max_prompt_length + cfg.max_completion_length
+    micro = cfg.micro_batch_size or cfg.mini_batch_size
+    per_tok = (2 * h * L + 34 * h) if cfg.gradient_checkpointing else 34 * h * L
+    act = micro * T * per_tok * (wbytes if not cfg.load_in_4bit else 2)
+    logits = micro * T * V * 8
+    train = weights + optim + act + logits
+    kv_cache = cfg.sample_batch_size * T * 4 * L * kv * head_dim
+    sample = weights + kv_cache + cfg.sample_batch_size * V * 8
+    return {
+        "parameters": n_params, "trainable": lora, "weights_gb": weights / _GB, "optimizer_gb": optim / _GB,
+        "activations_gb": act / _GB, "logits_gb": logits / _GB, "train_peak_gb": train / _GB,
+        "kv_cache_gb": kv_cache / _GB, "sample_peak_gb": sample / _GB,
+    }
+
+
+def make_plan(cfg: Config) -> dict:
+    """The numbers ``--dry-run`` prints: prompts, budget, samples and tokens per iteration, memory."""
+    m = cfg.prompts_per_iteration
+    pilot = cfg.num_pilot * m if cfg.uses_pilot else 0
+    budget = cfg.samples_per_prompt * m
+    per_it = pilot + budget
+    plan = {
+        "algorithm": f"{'GVM-' if cfg.allocation == 'gvm' else ''}{ {'raft': 'RAFT', 'raftpp': 'RAFT++', 'grpo': 'GRPO'}[cfg.algorithm]}"
+                     + (f" (allocation={cfg.allocation})" if cfg.allocation not in ("gvm", "uniform") else ""),
+        "iterations": cfg.iterations, "prompts_per_iteration": m, "m_steps_per_iteration": cfg.steps_per_iteration,
+        "pilot_samples_per_iteration": pilot, "training_samples_per_iteration": budget,
+        "samples_per_iteration": per_it,
+        "max_generated_tokens_per_iteration": per_it * cfg.max_completion_length,
+        "updates_per_m_step": math.ceil(cfg.samples_per_prompt * cfg.prompts_per_step / cfg.mini_batch_size),
+        "eval_samples": (cfg.eval_size or cfg.test_size) * cfg.eval_samples if cfg.eval_every else 0,
+    }
+    model, source = resolve_shape(cfg)
+    plan["model_source"] = source
+    if model is not None:
+        plan.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in estimate_memory(cfg, model).items()})
+    return plan
+
+
+def print_plan(cfg: Config) -> dict:
+    plan = make_plan(cfg)
+    width = max(len(k) for k in plan)
+    print(f"plan for {cfg.model} ({'4-bit QLoRA' if cfg.load_in_4bit else 'LoRA' if cfg.lora else 'full'}), estimates marked *_gb:")
+    for k, v in plan.items():
+        print(f"  {k:<{width}}  {v}")
+    return plan
