@@ -1,0 +1,399 @@
+"""Answer extraction and verification: the 0/1 reward of METHOD.md §9.2 / §9.8, never raising.
+
+The official code scores a completion with Math-Verify (``verl/utils/reward_score/math_verify.py``,
+``em/utils.compute_score_math_verify``)::
+
+    verify_func = math_metric(gold_extraction_target=(LatexExtractionConfig(),),
+                              pred_extraction_target=(ExprExtractionConfig(), LatexExtractionConfig()))
+    score, _ = verify_func(["\\boxed{" + answer + "}"], [completion])     # exceptions -> 0
+
+:func:`math_verify_score` does the same with ``math_verify.parse`` / ``math_verify.verify`` (what
+``math_metric`` calls inside), but with Math-Verify's own ``signal.alarm`` timeouts switched off
+(``parsing_timeout=None``, ``timeout_seconds=None``): ``signal.alarm`` raises outside the main
+thread and only has whole-second resolution. Time is bounded here instead, in three layers:
+
+1. **Bounded input.** ``None`` and non-text score 0; bytes are decoded (invalid UTF-8 replaced), lone
+   surrogates and control characters are dropped, and only the last :data:`MAX_COMPLETION_CHARS`
+   characters are kept (the final answer is at the end of a chain of thought).
+2. **Cheap pre-screen** (linear time, works in any thread): text that would make sympy or the LaTeX
+   parser explode scores 0 without being parsed: bracket nesting deeper than
+   :data:`MAX_BRACKET_DEPTH` (the LaTeX parser is exponential in depth: 12 nested braces take ~2 s),
+   numeric power towers (``10^{10^{10}}``, ``9**9**9``), numeric exponents above
+   :data:`MAX_EXPONENT`, factorials of numbers above :data:`MAX_FACTORIAL` or of towers.
+3. **Deadline.** In the main thread a ``signal.setitimer`` deadline of ``timeout_s`` (sub-second
+   resolution) interrupts whatever is left (CPython big-integer arithmetic and sympy both stop at it);
+   the previous ``SIGALRM`` handler and timer are restored afterwards. Outside the main thread no
+   signal can be used, so the bound rests on layers 1-2 only.
+
+:func:`exact_match_score` is the cheap verifier for the generated arithmetic task (``data.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import re
+import signal
+import threading
+import time
+from typing import Callable
+
+__all__ = [
+    "MAX_COMPLETION_CHARS",
+    "MAX_BRACKET_DEPTH",
+    "MAX_EXPONENT",
+    "MAX_FACTORIAL",
+    "extract_boxed",
+    "sanitize",
+    "explosive_reason",
+    "math_verify_score",
+    "exact_match_score",
+    "VERIFIERS",
+    "get_verifier",
+]
+
+MAX_COMPLETION_CHARS = 32_768
+"""Only this many trailing characters of a completion are looked at (3072 tokens is ~12k chars)."""
+MAX_BRACKET_DEPTH = 8
+"""Deeper nesting of ``{ ( [`` anywhere in the kept text scores 0 without parsing."""
+MAX_EXPONENT = 10_000
+"""A purely numeric exponent larger than this scores 0 without parsing (``2^{2024}`` is allowed)."""
+MAX_FACTORIAL = 5_000
+"""``n!`` with a literal ``n`` larger than this scores 0 without parsing."""
+_MAX_ANSWER_CHARS = 1_000  # a gold answer longer than this is malformed data, not math
+
+Verifier = Callable[[object, object], float]
+
+
+# ----------------------------------------------------------------------------------------------
+# layer 1: bounded, clean text
+# ----------------------------------------------------------------------------------------------
+
+# C0 and C1 control characters except tab, newline and carriage return.
+_CONTROL = {c: None for c in [*range(0, 9), 11, 12, *range(14, 32), *range(127, 160)]}
+
+
+def sanitize(text, *, max_chars: int = MAX_COMPLETION_CHARS) -> str | None:
+    """Model output -> clean ``str`` of at most ``max_chars`` trailing characters, or ``None``.
+
+    ``bytes`` are decoded as UTF-8 with invalid sequences replaced; lone surrogates (from
+    ``surrogateescape`` decoding) and control characters are removed. Anything that is not ``str`` or
+    ``bytes`` (``None``, numbers, lists) gives ``None``. Work is bounded by ``max_chars``, not by the
+    input length.
+    """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text[-4 * max_chars :]).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        return None
+    text = text[-max_chars:]
+    text = text.encode("utf-8", errors="ignore").decode("utf-8")  # drops lone surrogates
+    return text.translate(_CONTROL)
+
+
+def _answer_text(answer) -> str | None:
+    """Gold answer -> string: lists/tuples give their first element, numbers are cast (METHOD §9.9)."""
+    if isinstance(answer, (list, tuple)):
+        answer = answer[0] if answer else None
+    if isinstance(answer, bool) or answer is None:
+        return None
+    if isinstance(answer, float) and math.isfinite(answer) and answer.is_integer():
+        answer = int(answer)
+    if isinstance(answer, (int, float)):
+        answer = str(answer)
+    text = sanitize(answer, max_chars=_MAX_ANSWER_CHARS + 1)
+    if text is None or not text.strip() or len(text) > _MAX_ANSWER_CHARS:
+        return None
+    return text.strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# extraction
+# ----------------------------------------------------------------------------------------------
+
+_BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
+
+
+def extract_boxed(text) -> str | None:
+    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` in ``text``, nested braces handled.
+
+    "Last" is the box that opens last (the convention of the MATH reference code
+    ``last_boxed_only_string``), so ``\\boxed{a} ... \\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``.
+    Escaped braces ``\\{ \\}`` are literal characters, not grouping. A box that is never closed (a
+    truncated completion) is skipped. One left-to-right pass over the brace tokens with a stack:
+    linear time; inputs longer than :data:`MAX_COMPLETION_CHARS` are cut to their tail first.
+    Returns ``None`` when there is no closed box or ``text`` is not text.
+    """
+    text = sanitize(text)
+    if text is None or ("boxed" not in text and "fbox" not in text):
+        return None
+    stack: list[int] = []  # for each open brace: content start if it opened a box, else -1
+    best_start, best = -1, None
+    for m in _BOX_TOKEN.finditer(text):
+        tok = m.group()
+        if tok[0] == "\\" and len(tok) == 2:  # \{ or \}: literal
+            continue
+        if tok == "}":
+            if stack:
+                start = stack.pop()
+                if start > best_start:
+                    best_start, best = start, text[start : m.start()]
+            continue
+        stack.append(m.end() if tok != "{" else -1)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
+# layer 2: pre-screen for inputs that make sympy / the LaTeX parser explode
+# ----------------------------------------------------------------------------------------------
+
+_OPEN, _CLOSE = frozenset("{(["), frozenset("})]")
+_POWER = re.compile(r"\^|\*\*")
+_NUMERIC_TOWER = re.compile(r"\d\s*\}?\s*(?:\^|\*\*)\s*\{?\s*[\d.]+\s*\}?\s*(?:\^|\*\*)")
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+_INT = re.compile(r"\d[\d,]*")
+_FACTORIAL_ARG = re.compile(r"(\d[\d,]*)\s*$")
+
+
+def _bracket_depth_exceeds(text: str, limit: int) -> bool:
+    depth = 0
+    for ch in text:
+        if ch in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in _CLOSE and depth > 0:
+            depth -= 1
+    return False
+
+
+def _group_after(text: str, i: int, limit: int = 200) -> str:
+    """The exponent starting at ``text[i]``: a balanced ``{...}`` / ``(...)`` group or one token."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return ""
+    if text[i] in "{(":
+        depth, j = 0, i
+        while j < len(text) and j - i < limit:
+            depth += text[j] in "{("
+            depth -= text[j] in "})"
+            j += 1
+            if depth == 0:
+                break
+        return text[i + 1 : j - 1] if depth == 0 else text[i + 1 : j]
+    m = re.compile(r"[-+]?[\d.,]+|\\?[A-Za-z]+").match(text, i, i + limit)
+    return m.group() if m else text[i]
+
+
+def _group_before(text: str, i: int, limit: int = 200) -> str:
+    """The factorial argument ending just before ``text[i]``: a balanced group or trailing digits."""
+    j = i - 1
+    while j >= 0 and text[j] == " ":
+        j -= 1
+    if j < 0:
+        return ""
+    if text[j] in "})":
+        depth, k = 0, j
+        while k >= 0 and j - k < limit:
+            depth += text[k] in "})"
+            depth -= text[k] in "{("
+            if depth == 0:
+                return text[k + 1 : j]
+            k -= 1
+        return text[max(k, 0) : j]
+    m = _FACTORIAL_ARG.search(text, max(0, j + 1 - limit), j + 1)
+    return m.group(1) if m else ""
+
+
+def _is_numeric(group: str) -> bool:
+    return not re.search(r"[A-Za-z]", _LATEX_CMD.sub(" ", group))
+
+
+def _max_int(group: str) -> int:
+    best = 0
+    for m in _INT.finditer(group):
+        digits = m.group().replace(",", "")
+        if len(digits) > 12:
+            return 10**12
+        best = max(best, int(digits))
+    return best
+
+
+def explosive_reason(text: str) -> str | None:
+    """Why ``text`` would make the parser or sympy explode (a short reason), or ``None`` if it is safe.
+
+    Checks, all linear in ``len(text)``: bracket nesting deeper than :data:`MAX_BRACKET_DEPTH`; a
+    numeric power tower (``10^{10^{10}}``, ``9^9^9``, ``10**10**10``); a numeric exponent above
+    :data:`MAX_EXPONENT` on a base that is not a letter; a factorial of a number above
+    :data:`MAX_FACTORIAL` or of an expression containing a power or factorial. Symbolic powers
+    (``x^{100000}``, ``e^{-x^2}``, ``2^{n}``) are allowed: sympy keeps them unevaluated.
+    """
+    if _bracket_depth_exceeds(text, MAX_BRACKET_DEPTH):
+        return f"bracket nesting deeper than {MAX_BRACKET_DEPTH}"
+    if _NUMERIC_TOWER.search(text):
+        return "numeric power tower"
+    for m in _POWER.finditer(text):
+        exponent = _group_after(text, m.end())
+        if not _is_numeric(exponent):
+            continue
+        if _POWER.search(exponent) or "!" in exponent:
+            return "numeric power tower"
+        j = m.start() - 1
+        while j >= 0 and text[j] == " ":
+            j -= 1
+        base_is_symbol = j >= 0 and text[j].isalpha()  # x^{100000} stays symbolic
+        if not base_is_symbol and _max_int(exponent) > MAX_EXPONENT:
+            return f"numeric exponent above {MAX_EXPONENT}"
+    for i in (m.start() for m in re.finditer("!", text)):
+        arg = _group_before(text, i)
+        if not arg or not _is_numeric(arg):
+            continue
+        if _POWER.search(arg) or "!" in arg or _max_int(arg) > MAX_FACTORIAL:
+            return f"factorial of a number above {MAX_FACTORIAL}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# layer 3: a sub-second deadline in the main thread
+# ----------------------------------------------------------------------------------------------
+
+
+class _Deadline(BaseException):
+    """Raised by the SIGALRM handler; a BaseException so that Math-Verify's ``except Exception`` lets it pass."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Raise :class:`_Deadline` after ``seconds`` (main thread on POSIX only; otherwise a no-op)."""
+    if (
+        seconds is None
+        or not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    armed = [True]
+
+    def _handler(signum, frame):
+        if armed[0]:
+            raise _Deadline()
+
+    start = time.monotonic()
+    old_handler = signal.signal(signal.SIGALRM, _handler)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:  # give the caller's own timer back what is left of it
+            remaining = max(old_delay - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
+
+
+# ----------------------------------------------------------------------------------------------
+# verifiers
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify():
+    """Import Math-Verify once; silence its 'timeout disabled' warning (we bound time ourselves)."""
+    import importlib
+
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    for module in ("math_verify.parser", "math_verify.grader"):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module).TIMEOUT_WARNING_SHOWN = True
+    gold_cfg = (LatexExtractionConfig(),)
+    pred_cfg = (ExprExtractionConfig(), LatexExtractionConfig())
+    # Warm-up outside any deadline: the first LaTeX parse builds the parser (~1 s), which must not be
+    # charged to (and time out) the first real call.
+    with contextlib.suppress(Exception):
+        gold = parse("\\boxed{\\frac{1}{2}}", gold_cfg, parsing_timeout=None)
+        verify(gold, parse("x = 0.5", pred_cfg, parsing_timeout=None), 6, timeout_seconds=None)
+    return parse, verify, gold_cfg, pred_cfg
+
+
+def math_verify_score(completion, answer, *, timeout_s: float = 1.0) -> float:
+    """Math-Verify reward in {0.0, 1.0} exactly as the official code (METHOD.md §9.2, §9.8); never raises.
+
+    The gold ``answer`` is wrapped as ``\\boxed{answer}`` and parsed with ``LatexExtractionConfig``;
+    the completion with ``(ExprExtractionConfig, LatexExtractionConfig)``; the score is 1 iff some
+    parsed prediction verifies against the gold (``math_metric``'s aggregation, precision 6). Gold
+    lists give their first element and numbers are cast to ``str`` (official eval). Malformed input
+    (``None``, non-text, no parsable answer, an explosive expression, an error inside Math-Verify)
+    scores 0. ``timeout_s`` bounds the call in the main thread (see the module docstring); ``None``
+    disables the deadline. The very first call also imports Math-Verify and warms its LaTeX parser
+    up (about 1 s, untimed) so that the deadline only ever measures scoring.
+    """
+    try:
+        gold_text = _answer_text(answer)
+        pred_text = sanitize(completion)
+        if gold_text is None or pred_text is None or not pred_text.strip():
+            return 0.0
+        gold_text = "\\boxed{" + gold_text + "}"
+        if explosive_reason(pred_text) or explosive_reason(gold_text):
+            return 0.0
+        parse, verify, gold_cfg, pred_cfg = _math_verify()  # first call: import + warm-up, untimed
+        # Leave a small margin for unwinding after the alarm so the whole call stays within timeout_s.
+        remaining = None if timeout_s is None else timeout_s - min(0.05, 0.1 * timeout_s)
+        if remaining is not None and remaining <= 0:
+            return 0.0
+        with _deadline(remaining):
+            gold = parse(gold_text, gold_cfg, parsing_timeout=None)
+            if not gold:  # math_metric raises "No gold targets found" -> official code scores 0
+                return 0.0
+            preds = parse(pred_text, pred_cfg, parsing_timeout=None)
+            for pred in preds:
+                if verify(gold, pred, 6, timeout_seconds=None):
+                    return 1.0
+        return 0.0
+    except (Exception, _Deadline):
+        return 0.0
+
+
+_INT_ANSWER = re.compile(r"[+-]?\d+")
+_EXACT_STRIP = re.compile(r"\s+|\\[,;:!]|\\(?:text|mathrm)\{\s*\}|\$|,")
+
+
+def _normalize_number(text: str) -> str:
+    text = _EXACT_STRIP.sub("", text).replace("\u2212", "-")  # spaces, thin spaces, $, commas; − -> -
+    return text[1:] if text.startswith("+") else text
+
+
+def exact_match_score(completion, answer) -> float:
+    """1.0 iff the last ``\\boxed{}`` of ``completion`` equals ``answer`` (for the generated arithmetic task).
+
+    Tolerant of spaces, LaTeX thin spaces, ``$``, a leading ``+``, thousands commas and the Unicode
+    minus: ``\\boxed{ +1,234 }`` matches ``1234``. Integers compare by value (``007`` equals ``7``);
+    anything else compares as the normalised string. Never raises; malformed input scores 0.
+    """
+    try:
+        gold = _answer_text(answer)
+        boxed = extract_boxed(completion)
+        if gold is None or boxed is None or len(boxed) > 200:
+            return 0.0
+        got, want = _normalize_number(boxed), _normalize_number(gold)
+        if _INT_ANSWER.fullmatch(got) and _INT_ANSWER.fullmatch(want):
+            return float(int(got) == int(want))
+        return float(bool(got) and got == want)
+    except Exception:
+        return 0.0
+
+
+VERIFIERS: dict[str, Verifier] = {"math_verify": math_verify_score, "exact": exact_match_score}
+"""Verifier name -> ``fn(completion, answer) -> float`` in {0, 1}."""
+
+
+def get_verifier(name: str) -> Verifier:
+    """The verifier called ``name`` (``"math_verify"`` or ``"exact"``); ValueError listing the choices otherwise."""
+    try:
+        return VERIFIERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown verifier {name!r}; choose one of {', '.join(sorted(VERIFIERS))}"
+        ) from None
