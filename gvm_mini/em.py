@@ -302,7 +302,7 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
                 ok = False
                 break
             (loss * share.to(loss.device)).backward()
-            acc_loss += float(loss) * float(share)
+            acc_loss += float(loss.detach()) * float(share)
             for k in ("pg_loss", "kl", "clip_frac"):
                 acc_st[k] = acc_st.get(k, 0.0) + float(st.get(k, loss if k == "pg_loss" else 0.0)) * float(share)
         if not ok:

@@ -23,6 +23,7 @@ from gvm_mini.data import HUB_DATASETS, HubSpec
 from gvm_mini.rewards import get_verifier
 
 __all__ = [
+    "evaluate_policy",
     "BENCHMARKS",
     "THREE_AVERAGE",
     "FIVE_AVERAGE",
@@ -131,3 +132,54 @@ def summarize(results_by_benchmark: Mapping[str, object], *, k: int | None = Non
             }
             out[label]["benchmarks"] = list(names)
     return out
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    verifier: str | Callable[[object, object], float] = "math_verify",
+    *,
+    k: int = 8,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 3072,
+    batch_size: int = 64,
+    seed: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Sample ``k`` completions per chat-formatted prompt and report Average@k and pass@k.
+
+    The official evaluation (METHOD.md §9.9) is ``k=8`` at temperature 1.0 (0.7 for 7B models),
+    3072 new tokens, Math-Verify. Returns ``avg_at_k``, ``pass_at_k``, ``pass_at_1``, ``k``,
+    ``problems``, ``eval_tokens`` (generated tokens), ``truncated_frac`` and ``per_problem``
+    (mean score of each problem).
+    """
+    from gvm_mini.rollout import sample_hf
+
+    if len(prompts) != len(answers):
+        raise ValueError(f"prompts has {len(prompts)} entries but answers has {len(answers)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(verifier, str):
+        verifier = get_verifier(verifier)
+    r = sample_hf(
+        model, tokenizer, prompts, [k] * len(prompts), temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress, desc="eval",
+    )
+    scores = np.zeros((len(prompts), k))
+    slot = np.zeros(len(prompts), dtype=np.int64)
+    for text, i in zip(r.texts, r.prompt_index):
+        scores[i, slot[i]] = float(verifier(text, answers[i]))
+        slot[i] += 1
+    return {
+        "avg_at_k": average_at_k(scores),
+        "pass_at_k": pass_at_k(scores, k),
+        "pass_at_1": pass_at_k(scores, 1),
+        "k": k,
+        "problems": len(prompts),
+        "eval_tokens": r.num_tokens,
+        "truncated_frac": float(r.truncated.mean()) if len(r) else 0.0,
+        "per_problem": scores.mean(axis=1).round(4).tolist(),
+    }
