@@ -88,6 +88,7 @@ class Config:
 
     # --- optimisation --------------------------------------------------------------------------
     iterations: int = 2
+    token_budget: int | None = None  # stop after the iteration that reaches this many generated tokens (pilots included)
     prompts_per_step: int = 8
     steps_per_iteration: int = 2  # k M-steps per E-step (paper: ~9-10)
     mini_batch_size: int = 64  # responses per optimizer update
@@ -271,7 +272,7 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, "alpha", "learning_rate", "iterations", "prompts_per_step", "steps_per_iteration",
               "mini_batch_size", "samples_per_prompt", "max_completion_length", "sample_batch_size",
               "lora_r", "lora_alpha", "eval_samples", "train_size", "max_prompt_length",
-              "max_batch_tokens", "top_p", "eval_size", "micro_batch_size")
+              "max_batch_tokens", "top_p", "eval_size", "micro_batch_size", "token_budget")
     _positive(cfg, "temperature", "eval_temperature", "weight_decay", "max_grad_norm", "epsilon",
               "epsilon_high", "kl_coef", "min_per_prompt", "lora_dropout", "test_size", "eval_every",
               zero_ok=True)

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,28 @@ class RunState:
     wall: dict = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     metrics_bytes: int = 0  # length of metrics.jsonl / allocations.jsonl at the last checkpoint
     allocations_bytes: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# test hook: kill the process at a named point (tests/test_resume.py)
+# ---------------------------------------------------------------------------------------------
+
+_crash_counts: dict[str, int] = {}
+
+
+def _crash_point(name: str) -> None:
+    """Test hook, not a user feature: if the environment variable ``GVM_MINI_CRASH_AT`` is ``name``
+    (or ``name:k``), the process SIGKILLs itself the first (k-th) time it reaches ``name``. The
+    crash-safety tests use it to kill a run in a precise phase; unset, it costs one dict lookup."""
+    want = os.environ.get("GVM_MINI_CRASH_AT")
+    if not want:
+        return
+    target, _, k = want.partition(":")
+    if target != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(k or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +338,7 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
             stats["skipped_updates"] += 1
             continue
         optimizer.step()
+        _crash_point("optimizer_step")
         stats["updates"] += 1
         stats["loss"].append(acc_loss)
         stats["grad_norm"].append(float(gn))
@@ -383,11 +407,14 @@ def save_checkpoint(out: Path, model, optimizer, state: RunState, tokenizer=None
         os.fsync(f.fileno())
     (tmp / "COMPLETE").write_text(json.dumps({"iteration": state.iteration}))
     _fsync_dir(tmp)
+    _crash_point("checkpoint_written")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
+    _crash_point("checkpoint_renamed")
     os.rename(tmp, final)
     _fsync_dir(out)
+    _crash_point("checkpoint_replaced")
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -506,7 +533,10 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     if state.iteration == 0 and state.global_step == 0:
         evaluate()
     bar = tqdm(total=cfg.iterations, initial=state.iteration, desc=f"{cfg.allocation}-{cfg.algorithm}", disable=not cfg.progress)
-    while state.iteration < cfg.iterations:
+    def budget_spent() -> bool:
+        return cfg.token_budget is not None and state.tokens >= cfg.token_budget
+
+    while state.iteration < cfg.iterations and not budget_spent():
         t = state.iteration
         if cfg.reset_optimizer:
             optimizer = _make_optimizer(cfg, model)
@@ -524,6 +554,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         # ---- E-step: pilot -> (p_i, G_i) -> allocation ----
         pilot = None
         if cfg.uses_pilot:
+            _crash_point("pilot")
             t0 = time.perf_counter()
             pilot = _sample(cfg, model, tokenizer, texts, [cfg.num_pilot] * m, _phase_seed(cfg.seed, "pilot", t), "pilot")
             state.wall["pilot"] += time.perf_counter() - t0
@@ -532,11 +563,13 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             state.wall["reward"] += time.perf_counter() - t0
             state.samples += len(pilot); state.tokens += pilot.num_tokens
             state.pilot_samples += len(pilot); state.pilot_tokens += pilot.num_tokens
+            _crash_point("gradnorm")
             t0 = time.perf_counter()
             p, G = estimate_p_G(cfg, model, tokenizer, pilot, pilot_rewards, m)
             state.wall["gradnorm"] += time.perf_counter() - t0
         else:
             p, G = np.full(m, np.nan), np.full(m, np.nan)
+        _crash_point("allocate")
         t0 = time.perf_counter()
         rule = alloc.get_rule(cfg.allocation)
         with warnings.catch_warnings(record=True) as caught:
@@ -564,6 +597,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
                     part.prompt_index = np.full(len(part), local)
                     parts.append(part)
                     counts[local] -= len(part)
+            _crash_point("rollout")
             t0 = time.perf_counter()
             fresh = _sample(cfg, model, tokenizer, [texts[i] for i in sl], counts, _phase_seed(cfg.seed, "rollout", t, r), f"rollout {r + 1}/{cfg.steps_per_iteration}")
             state.wall["rollout"] += time.perf_counter() - t0
@@ -576,6 +610,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             acc = np.bincount(batch.prompt_index, weights=(rewards > 0.5).astype(float), minlength=len(sl))
             tot = np.bincount(batch.prompt_index, minlength=len(sl))
             step_p[sl] = np.where(tot > 0, acc / np.maximum(tot, 1), np.nan)
+            _crash_point("update")
             t0 = time.perf_counter()
             if len(batch):
                 model.train()
@@ -588,6 +623,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             log({"kind": "step", "step_in_iteration": r, "step_samples": len(batch), "step_tokens": batch.num_tokens,
                  "accepted": int((rewards > 0.5).sum()), "reward_mean": float(rewards.mean()) if len(rewards) else None,
                  "truncated_frac": float(batch.truncated.mean()) if len(batch) else None, **st})
+            _crash_point("step_logged")
 
         # ---- evaluate, record, checkpoint ----
         state.iteration += 1
@@ -595,8 +631,10 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
                              "step_acceptance": step_p,
                              "difficulty": [pb.meta.get("difficulty") for pb in probs]})
         log(it_rec)
-        if cfg.eval_every and (state.iteration % cfg.eval_every == 0 or state.iteration == cfg.iterations):
+        if cfg.eval_every and (state.iteration % cfg.eval_every == 0 or state.iteration == cfg.iterations or budget_spent()):
+            _crash_point("eval")
             evaluate()
+        _crash_point("checkpoint")
         t0 = time.perf_counter()
         state.metrics_bytes = metrics_path.stat().st_size
         state.allocations_bytes = alloc_path.stat().st_size
