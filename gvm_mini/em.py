@@ -142,6 +142,41 @@ def load_problems(cfg: Config):
     return train, test
 
 
+def check_model_request(cfg: Config) -> None:
+    """The model-side user errors that can be found without loading weights (backend, device, 4-bit
+    extra, a model path that does not exist, a tokenizer without a chat template): one ConfigError /
+    ImportError / FileNotFoundError line, raised before the run directory is touched."""
+    import importlib.util
+
+    from . import models
+
+    try:
+        dev = torch.device(cfg.device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {cfg.device!r}") from None
+    if cfg.backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("backend=vllm needs the vLLM GPU extra, which is not installed: "
+                              "pip install 'gvm-mini[vllm]' (and a CUDA GPU); or use backend=hf")
+        if not torch.cuda.is_available():
+            raise ConfigError("backend=vllm needs a CUDA GPU, but torch sees none; use backend=hf")
+        raise ConfigError("backend=vllm is driven by the vLLM engine; see README 'GPU' (not available in this loop yet)")
+    if cfg.load_in_4bit:
+        models.check_4bit_available(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r}, but torch sees no CUDA GPU; use device=cpu")
+    name = cfg.model
+    if name.startswith("twin:"):
+        raise ConfigError(f"model {name!r} has no tokenizer (shape twins are for memory/speed benchmarks only)")
+    if name == "smollm2":
+        models._smollm2_gguf()
+    elif name not in models._TINY:
+        location, local_only = models._resolve_location(name)
+        tokenizer = models._load_tokenizer(location, local_files_only=local_only, trust_remote_code=False)
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ConfigError(f"the tokenizer of {name!r} has no chat template; gvm-mini formats prompts with it")
+
+
 def build_policy(cfg: Config):
     """Load the model and tokenizer of ``cfg`` and add LoRA if asked. Returns ``(model, tokenizer)``."""
     from . import models
@@ -452,6 +487,8 @@ def _truncate(path: Path, size: int) -> None:
 
 def prepare_out_dir(cfg: Config, out: Path, resume: bool) -> None:
     """Refuse an output directory that holds a different run (or the same one without --resume)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     existing = out / "config.yaml"
     if existing.exists():
@@ -462,7 +499,7 @@ def prepare_out_dir(cfg: Config, out: Path, resume: bool) -> None:
         except yaml.YAMLError:
             raise ConfigError(f"{out} holds a config.yaml that cannot be read; choose another --out") from None
         mine = asdict(cfg)
-        ignore = {"iterations", "progress"}  # may be raised on resume / changed freely
+        ignore = {"iterations", "token_budget", "progress"}  # may be raised on resume / changed freely
         diff = sorted(k for k in set(old) | set(mine) if k not in ignore and old.get(k) != mine.get(k))
         if diff:
             raise ConfigError(f"{out} holds a different run (differs in: {', '.join(diff[:5])}); choose another --out")
@@ -489,9 +526,12 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     from .rewards import get_verifier
 
     out = Path(out)
-    prepare_out_dir(cfg, out, resume)
+    # user errors first, before the run directory is written and before any model loads
     verifier = get_verifier(cfg.verifier)
+    if model is None:
+        check_model_request(cfg)
     train, test = problems if problems is not None else load_problems(cfg)
+    prepare_out_dir(cfg, out, resume)
     _seed_all(_phase_seed(cfg.seed, "init"))
     if model is None:
         model, tokenizer = build_policy(cfg)
