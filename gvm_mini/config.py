@@ -57,6 +57,10 @@ class Config:
     dataset: str = "arithmetic"  # arithmetic | champ | jsonl:PATH | hub:NAME
     eval_dataset: str | None = None  # default: the held-out split of `dataset`
     train_size: int = 256
+    task_min_operands: int = 2  # dataset=arithmetic only: the generated task's shape
+    task_max_operands: int = 4
+    task_max_digits: int = 3
+    task_ops: str = "+-*"
     test_size: int = 64
     data_seed: int = 1234
     verifier: str = "exact"
@@ -211,8 +215,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not a text file") from None
         if data is None:
             data = {}
+        if isinstance(data, dict) and "base" in data:  # `base: other.yaml` (relative to this file) first
+            base_path = path.parent / str(data.pop("base"))
+            if base_path.resolve() == path.resolve():
+                raise ConfigError(f"{path}: base refers to the file itself")
+            cfg = load_config(base_path)
         try:
-            cfg = from_dict(data)
+            cfg = from_dict(data, base=cfg)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     cfg = apply_overrides(cfg, overrides or [])
@@ -315,6 +324,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"prompts_per_step x steps_per_iteration = {cfg.prompts_per_iteration} exceeds train_size={cfg.train_size}"
         )
+    if not 2 <= cfg.task_min_operands <= cfg.task_max_operands:
+        raise ConfigError(f"need 2 <= task_min_operands <= task_max_operands, got {cfg.task_min_operands}, {cfg.task_max_operands}")
+    if not 1 <= cfg.task_max_digits <= 6:
+        raise ConfigError(f"task_max_digits must be in 1..6, got {cfg.task_max_digits}")
+    if not cfg.task_ops or set(cfg.task_ops) - set("+-*"):
+        raise ConfigError(f"task_ops must be a non-empty string of + - *, got {cfg.task_ops!r}")
     ds = cfg.dataset
     if not (ds in ("arithmetic", "champ") or ds.startswith("jsonl:") or ds.startswith("hub:")):
         raise ConfigError(f"dataset must be arithmetic, champ, jsonl:PATH or hub:NAME, got {ds!r}")
@@ -322,6 +337,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"dataset file not found: {ds[6:]}")
     if cfg.eval_dataset and cfg.eval_dataset.startswith("jsonl:") and not Path(cfg.eval_dataset[6:]).is_file():
         raise ConfigError(f"eval_dataset file not found: {cfg.eval_dataset[6:]}")
+    for key in ("dataset", "eval_dataset"):
+        spec = getattr(cfg, key) or ""
+        if spec.startswith("hub:"):
+            from .data import HUB_DATASETS
+
+            name, _, shard = spec[4:].partition(":")
+            if name not in HUB_DATASETS:
+                close = difflib.get_close_matches(name, list(HUB_DATASETS), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{key}: unknown hub dataset {name!r}{hint}; choose one of {', '.join(HUB_DATASETS)}")
+            if "{shard}" in HUB_DATASETS[name].hub_id and not shard:
+                raise ConfigError(f"{key}: {name} is sharded; write hub:{name}:1 (shards 1..15, or 15_all)")
     return cfg
 
 

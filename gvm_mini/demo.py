@@ -47,10 +47,10 @@ class SFT:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 64
     lr: float = 3e-3
-    slip_fraction: float = 0.15  # worked solutions with one deliberate arithmetic slip
+    slip_fraction: float = 0.1  # worked solutions with one deliberate arithmetic slip
     examples: int = 6000
     data_seed: int = 7
     seed: int = 0
@@ -147,6 +147,8 @@ def demo_config(model_dir: Path, algorithm: str, allocation: str, seed: int, *, 
     cfg = Config(
         model=str(model_dir), dtype="float32", device="cpu", lora=False,
         dataset="arithmetic", train_size=2000, test_size=200, data_seed=1234, verifier="exact",
+        task_min_operands=TASK["min_operands"], task_max_operands=TASK["max_operands"],
+        task_max_digits=TASK["max_digits"], task_ops="".join(TASK["ops"]),
         system_prompt=None, instruction="", max_prompt_length=64,
         algorithm=algorithm, allocation=allocation, num_pilot=4, samples_per_prompt=8,
         alpha=1e-3, beta=2.0, gradnorm_params="embed_tokens", reuse_pilot=False,

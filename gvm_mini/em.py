@@ -104,21 +104,33 @@ def _seed_all(s: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _load_spec(spec: str):
+    """Problems of a dataset spec: ``champ``, ``jsonl:PATH`` or ``hub:NAME[:SHARD]``."""
+    from . import data
+
+    if spec == "champ":
+        return data.load_champ()
+    if spec.startswith("jsonl:"):
+        return data.load_jsonl(spec[6:])
+    if spec.startswith("hub:"):
+        name, _, shard = spec[4:].partition(":")
+        return data.load_hub(name, shard=shard or None)
+    raise ConfigError(f"dataset must be arithmetic, champ, jsonl:PATH or hub:NAME[:SHARD], got {spec!r}")
+
+
 def load_problems(cfg: Config):
     """(train, test) lists of :class:`gvm_mini.data.Problem` for ``cfg.dataset``."""
     from . import data
 
     ds = cfg.dataset
     if ds == "arithmetic":
-        problems = data.arithmetic_problems(cfg.train_size + cfg.test_size, seed=cfg.data_seed)
+        problems = data.arithmetic_problems(
+            cfg.train_size + cfg.test_size, seed=cfg.data_seed, min_operands=cfg.task_min_operands,
+            max_operands=cfg.task_max_operands, max_digits=cfg.task_max_digits, ops=tuple(cfg.task_ops),
+        )
         train, test = problems[: cfg.train_size], problems[cfg.train_size :]
     else:
-        if ds == "champ":
-            problems = data.load_champ()
-        elif ds.startswith("jsonl:"):
-            problems = data.load_jsonl(ds[6:])
-        else:
-            problems = data.load_hub(ds[4:])
+        problems = _load_spec(ds)
         if cfg.eval_dataset:
             train, test = problems, []
         else:
@@ -126,15 +138,7 @@ def load_problems(cfg: Config):
             train, test = data.split_train_test(problems, test_fraction=min(frac, 0.5), seed=cfg.data_seed)
         train = train[: cfg.train_size]
     if cfg.eval_dataset:
-        ev = cfg.eval_dataset
-        if ev.startswith("jsonl:"):
-            test = data.load_jsonl(ev[6:])
-        elif ev == "champ":
-            test = data.load_champ()
-        elif ev.startswith("hub:"):
-            test = data.load_hub(ev[4:])
-        else:
-            raise ConfigError(f"eval_dataset must be champ, jsonl:PATH or hub:NAME, got {ev!r}")
+        test = _load_spec(cfg.eval_dataset)
     if cfg.eval_size is not None:
         test = test[: cfg.eval_size]
     if len(train) < cfg.prompts_per_step:
@@ -630,6 +634,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             sl = np.arange(r * cfg.prompts_per_step, (r + 1) * cfg.prompts_per_step)
             counts = n[sl].copy()
             parts = []
+            reused = 0
             if cfg.reuse_pilot and pilot is not None:
                 for local, i in enumerate(sl):
                     mine = np.flatnonzero(pilot.prompt_index == i)[: counts[local]]
@@ -637,6 +642,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
                     part.prompt_index = np.full(len(part), local)
                     parts.append(part)
                     counts[local] -= len(part)
+                    reused += len(part)
             _crash_point("rollout")
             t0 = time.perf_counter()
             fresh = _sample(cfg, model, tokenizer, [texts[i] for i in sl], counts, _phase_seed(cfg.seed, "rollout", t, r), f"rollout {r + 1}/{cfg.steps_per_iteration}")
@@ -661,6 +667,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             state.global_step += 1
             state.updates += st["updates"]
             log({"kind": "step", "step_in_iteration": r, "step_samples": len(batch), "step_tokens": batch.num_tokens,
+                 "pilot_reused": reused,
                  "accepted": int((rewards > 0.5).sum()), "reward_mean": float(rewards.mean()) if len(rewards) else None,
                  "truncated_frac": float(batch.truncated.mean()) if len(batch) else None, **st})
             _crash_point("step_logged")
