@@ -1,4 +1,4 @@
-"""Command line: ``python -m gvm_mini {demo,train,eval,plot,allocate} ...`` (``--help`` on each).
+"""Command line: ``python -m gvm_mini {demo,train,eval,allocate,plot} ...`` (``--help`` on each).
 
 Errors a user can cause (config, data, paths, missing extras) print one line and exit with code 2
 before anything expensive starts; ``--debug`` shows the traceback instead.
@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=None, help="samples per problem (default: eval_samples)")
     e.add_argument("--out", help="write the result as JSON here")
     _add_common(e)
+
+    a = sub.add_parser("allocate", help="pilot statistics + Proposition-1 allocation for a prompt set, exported for verl")
+    a.add_argument("--config", help="YAML config (model, dataset, num_pilot, samples_per_prompt, alpha, beta, gradnorm_params)")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--out", required=True, help="directory for sample_sizes_*.json and pilot_stats.jsonl")
+    a.add_argument("--limit", type=int, default=None, help="only the first N training prompts")
+    _add_common(a)
 
     p = sub.add_parser("plot", help="plot accuracy curves of run directories")
     p.add_argument("runs", nargs="+", help="run directories")
@@ -127,6 +134,27 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_allocate(args) -> int:
+    from .config import ConfigError, load_config
+    from .em import build_policy, check_model_request, load_problems
+    from .verl_export import export_allocation, pilot_statistics
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.allocation == "uniform":
+        raise ConfigError("allocate: allocation=uniform needs no pilot statistics; choose gvm or another rule")
+    check_model_request(cfg)
+    train, _ = load_problems(cfg)
+    if args.limit is not None:
+        train = train[: args.limit]
+    model, tokenizer = build_policy(cfg)
+    p, G, tokens = pilot_statistics(cfg, model, tokenizer, train)
+    rows = [q.meta["index"] for q in train] if all("index" in q.meta for q in train) else None
+    summary = export_allocation(cfg, p, G, args.out, rows=rows)
+    summary["pilot_tokens"] = tokens
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -136,7 +164,7 @@ def _cmd_demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo}
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo, "allocate": _cmd_allocate}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
