@@ -559,7 +559,8 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     def log(record: dict) -> None:
         base = {"iteration": state.iteration, "global_step": state.global_step, "updates": state.updates,
                 "samples": state.samples, "tokens": state.tokens, "pilot_samples": state.pilot_samples,
-                "pilot_tokens": state.pilot_tokens, "wall": dict(state.wall), "wall_total": sum(state.wall.values())}
+                "pilot_tokens": state.pilot_tokens, "wall": dict(state.wall), "wall_total": sum(state.wall.values()),
+                "wall_train": sum(v for k, v in state.wall.items() if k not in ("eval", "checkpoint"))}
         _append(metrics_path, {**record, **base})
 
     def evaluate() -> None:
@@ -577,6 +578,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     if state.iteration == 0 and state.global_step == 0:
         evaluate()
     bar = tqdm(total=cfg.iterations, initial=state.iteration, desc=f"{cfg.allocation}-{cfg.algorithm}", disable=not cfg.progress)
+
     def budget_spent() -> bool:
         return cfg.token_budget is not None and state.tokens >= cfg.token_budget
 
@@ -685,8 +687,8 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         t0 = time.perf_counter()
         state.metrics_bytes = metrics_path.stat().st_size
         state.allocations_bytes = alloc_path.stat().st_size
-        state.wall["checkpoint"] += time.perf_counter() - t0  # counted in the next record
         save_checkpoint(out, model, None if cfg.reset_optimizer else optimizer, state, tokenizer)
+        state.wall["checkpoint"] += time.perf_counter() - t0  # shows in the next records (not in this checkpoint)
         bar.update(1)
     bar.close()
     if cfg.save_weights and cfg.lora:

@@ -14,7 +14,7 @@ X_AXES = {
     "samples": ("samples", "generated samples (pilots included)"),
     "steps": ("global_step", "M-steps (paper's x-axis)"),
     "updates": ("updates", "optimizer updates"),
-    "wall": ("wall_total", "wall time (s)"),
+    "wall": ("wall_train", "training wall time (s, evaluation excluded)"),
 }
 
 
