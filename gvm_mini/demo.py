@@ -47,10 +47,10 @@ class SFT:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    steps: int = 500
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
-    slip_fraction: float = 0.2  # worked solutions with one deliberate arithmetic slip
+    slip_fraction: float = 0.05  # worked solutions with one deliberate arithmetic slip
     examples: int = 6000
     data_seed: int = 7
     seed: int = 0
@@ -153,11 +153,11 @@ def demo_config(model_dir: Path, algorithm: str, allocation: str, seed: int, *, 
         algorithm=algorithm, allocation=allocation, num_pilot=4, samples_per_prompt=8,
         alpha=1e-3, beta=2.0, gradnorm_params="embed_tokens", reuse_pilot=False,
         temperature=1.0, max_completion_length=48, sample_batch_size=512,
-        iterations=1000, token_budget=60_000 if quick else 150_000,
+        iterations=1000, token_budget=40_000 if quick else 100_000,
         prompts_per_step=32, steps_per_iteration=2, mini_batch_size=64,
-        learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, epsilon=0.2, epsilon_high=0.28,
+        learning_rate=5e-5, weight_decay=0.0, max_grad_norm=1.0, epsilon=0.2, epsilon_high=0.28,
         kl_coef=0.0, loss_type="token_mean", reset_optimizer=False,
-        eval_every=1, eval_samples=4, eval_temperature=1.0, eval_size=200,
+        eval_every=1, eval_samples=4, eval_temperature=1.0, eval_size=100,
         seed=seed, progress=False,
     )
     return validate(cfg)
@@ -242,6 +242,13 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int]) -> dict:
             hit = np.flatnonzero(m >= target)
             return float(g[hit[0]]) if hit.size else None
 
+        if target <= summary["methods"][base]["start_acc"]:
+            # the baseline ended no better than it started: "tokens to reach it" would be 0 and meaningless
+            summary["methods"][gvm]["tokens_to_baseline_final"] = None
+            summary["methods"][base]["tokens_to_baseline_final"] = None
+            summary["methods"][gvm]["token_ratio_vs_baseline"] = None
+            summary["methods"][base]["note"] = "final accuracy not above the start: no tokens-to-target ratio"
+            continue
         t_base, t_gvm = first_reach(base), first_reach(gvm)
         summary["methods"][gvm]["tokens_to_baseline_final"] = t_gvm
         summary["methods"][base]["tokens_to_baseline_final"] = t_base
@@ -254,13 +261,15 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int]) -> dict:
         "| method | start acc | final acc (mean ± std) | tokens (pilot) | M-steps | tokens to reach baseline's final | ratio | GVM stage share of wall |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    base_of = {"GVM-RAFT++": "RAFT++", "GVM-GRPO": "GRPO"}
     for label, s in summary["methods"].items():
         ttb = s.get("tokens_to_baseline_final")
+        no_gain = "note" in summary["methods"].get(base_of.get(label, label), {})
         ratio = s.get("token_ratio_vs_baseline")
         lines.append(
             f"| {label} | {s['start_acc']:.3f} | {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} | "
             f"{s['tokens']:,.0f} ({s['pilot_tokens']:,.0f}) | {s['m_steps']:.0f} | "
-            f"{'not reached' if ttb is None else f'{ttb:,.0f}'} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+            f"{'n/a: baseline did not improve' if no_gain else 'not reached' if ttb is None else f'{ttb:,.0f}'} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
             f"{100 * s['gvm_stage_share_of_train_wall']:.1f}% |"
         )
     table = "\n".join(lines)
@@ -274,7 +283,7 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cache_root) if cache_root else Path.home() / ".cache" / "gvm_mini"
-    n_seeds = seeds or (1 if quick else 3)
+    n_seeds = seeds or (1 if quick else 2)
     seed_list = list(range(n_seeds))
     t0 = time.perf_counter()
     model_dir = warm_start(cache_root)
