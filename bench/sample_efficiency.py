@@ -61,10 +61,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="the demo's quick budget per run")
     ap.add_argument("--out", type=Path, default=None, help="keep the demo runs here")
+    ap.add_argument("--skip-demo", action="store_true", help="synthetic part only")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     payload = {"synthetic": synthetic_part(2 if args.smoke else max(args.seeds, 8), 6 if args.smoke else 12)}
-    if not args.smoke:
+    if not args.smoke and not args.skip_demo:
         payload["demo"] = demo_part(args.seeds, args.quick, args.out)
         for x in ("GVM-RAFT++", "GVM-GRPO"):
             r = payload["demo"]["methods"][x].get("token_ratio_vs_baseline")

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the CPU demo: GVM against uniform budgets, with plots and a table")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--quick", action="store_true", help="a smaller demo (about 2 minutes)")
-    d.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, quick: 2)")
+    d.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 2, quick: 1)")
     _add_common(d)
 
     t = sub.add_parser("train", help="run EM iterations from a YAML config")
