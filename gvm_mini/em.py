@@ -427,7 +427,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def save_checkpoint(out: Path, model, optimizer, state: RunState, tokenizer=None) -> None:
+def save_checkpoint(out: Path, model, optimizer, state: RunState) -> None:
     """Write ``out/checkpoint`` atomically: build ``.checkpoint.tmp``, fsync, then rename over the
     old one (kept as ``.checkpoint.old`` until the new one is in place). A kill at any point leaves
     either the old or the new checkpoint complete, never a torn one."""
@@ -687,7 +687,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         t0 = time.perf_counter()
         state.metrics_bytes = metrics_path.stat().st_size
         state.allocations_bytes = alloc_path.stat().st_size
-        save_checkpoint(out, model, None if cfg.reset_optimizer else optimizer, state, tokenizer)
+        save_checkpoint(out, model, None if cfg.reset_optimizer else optimizer, state)
         state.wall["checkpoint"] += time.perf_counter() - t0  # shows in the next records (not in this checkpoint)
         bar.update(1)
     bar.close()
