@@ -34,6 +34,7 @@ VERIFIERS = ("exact", "math_verify")
 BACKENDS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 KL_REFERENCES = ("iteration_start", "initial")
+OLD_LOGPROBS = ("recompute", "behaviour")
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Config:
     kl_coef: float = 0.001
     kl_reference: str = "iteration_start"
     loss_type: str = "token_mean"
+    old_logprobs: str = "recompute"  # "recompute" (verl: a forward pass before the updates) or "behaviour" (the sampler's, HF at T=1)
     reset_optimizer: bool = True  # fresh AdamW every iteration, as the official code
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def validate(cfg: Config) -> Config:
     for name, opts in [
         ("algorithm", ALGORITHMS), ("allocation", ALLOCATIONS), ("gradnorm_params", GRADNORM_PARAMS),
         ("loss_type", LOSS_TYPES), ("verifier", VERIFIERS), ("backend", BACKENDS), ("dtype", DTYPES),
-        ("kl_reference", KL_REFERENCES),
+        ("kl_reference", KL_REFERENCES), ("old_logprobs", OLD_LOGPROBS),
     ]:
         _choice(cfg, name, opts)
     _positive(cfg, "alpha", "learning_rate", "iterations", "prompts_per_step", "steps_per_iteration",
@@ -293,6 +295,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"beta must be >= 1 (the paper uses 2), got {cfg.beta}")
     if cfg.top_p > 1:
         raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.old_logprobs == "behaviour" and (cfg.backend != "hf" or cfg.temperature != 1 or cfg.top_p != 1):
+        raise ConfigError(
+            "old_logprobs=behaviour needs backend=hf, temperature=1 and top_p=1 (the sampler records the "
+            "log-probs of the distribution it samples from); use old_logprobs=recompute"
+        )
     if cfg.epsilon_high < cfg.epsilon:
         raise ConfigError(
             f"epsilon_high ({cfg.epsilon_high}) must be >= epsilon ({cfg.epsilon}): clip-higher widens "

@@ -319,16 +319,20 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
     trainable = [p for p in model.parameters() if p.requires_grad]
     use_kl = cfg.kl_coef > 0
     chunks = [list(range(s, min(s + cfg.mini_batch_size, S))) for s in range(0, S, cfg.mini_batch_size)]
-    # behaviour (old) and reference log-probs, before any update
+    # behaviour (old) and reference log-probs, before any update. old_logprobs="behaviour" takes the
+    # log-probs the sampler recorded (exact for HF sampling at temperature 1, top_p 1: the samples were
+    # drawn by this very policy just before the M-step), which saves a forward pass over every sample.
     old, ref = [None] * len(chunks), [None] * len(chunks)
     perm = np.random.default_rng(seed).permutation(S)
     chunks = [perm[c].tolist() for c in chunks]
     model.eval()  # no dropout in the forward passes that define the losses (tiny models have none)
     with torch.no_grad():
         for j, c in enumerate(chunks):
-            ids, attn, cmask, _ = to_batch(rollout, pad_id, c)
+            ids, attn, cmask, blogp = to_batch(rollout, pad_id, c)
             ids, attn = ids.to(dev), attn.to(dev)
-            if cfg.algorithm != "raft":
+            if cfg.algorithm != "raft" and cfg.old_logprobs == "behaviour":
+                old[j] = blogp.to(dev)
+            elif cfg.algorithm != "raft":
                 old[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
             if use_kl:
                 if cfg.kl_reference == "initial" and cfg.lora:

@@ -128,7 +128,7 @@ def _default_corpus() -> list[str]:
     return lines
 
 
-def offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
+def offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512, *, byte_alphabet: bool = True):
     """Train a byte-level BPE tokenizer offline and wrap it as a Qwen-like ``PreTrainedTokenizerFast``.
 
     Digits are pre-split one by one (``Digits(individual_digits=True)``), so every number is a
@@ -142,12 +142,16 @@ def offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
         corpus: training text; defaults to built-in arithmetic word problems with ``\\boxed{}``.
         vocab_size: upper bound on the vocabulary (256 byte symbols + 3 specials + merges); a small
             corpus may stop earlier. Use ``len(tokenizer)`` for the actual size.
+        byte_alphabet: start from all 256 byte symbols (any text can be encoded). ``False`` keeps only
+            the symbols that occur in ``corpus``: a closed vocabulary for a closed task (the demo), so
+            that a tiny policy puts no sampling mass on symbols it never saw. Text with other symbols
+            then loses them when encoded.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = [_PAD, _IM_START, _IM_END]
-    if vocab_size < 256 + len(specials):
+    if byte_alphabet and vocab_size < 256 + len(specials):
         raise ValueError(
             f"vocab_size must be at least {256 + len(specials)} for a byte-level BPE"
         )
@@ -162,7 +166,7 @@ def offline_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_alphabet else [],
         show_progress=False,
     )
     tok.train_from_iterator(
