@@ -26,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="the CPU demo: GVM against uniform budgets, with plots and a table")
-    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    d.add_argument("--quick", action="store_true", help="a smaller demo (about 2 minutes)")
+    d.add_argument("--out", default=None, help="output directory (default: runs/demo, --quick: runs/demo-quick)")
+    d.add_argument("--quick", action="store_true", help="one seed, 40k tokens per run (about 1 minute once the warm start is cached)")
     d.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 2, quick: 1)")
     _add_common(d)
 
@@ -158,7 +158,8 @@ def _cmd_allocate(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, seeds=args.seeds)
+    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    run_demo(Path(out), quick=args.quick, seeds=args.seeds)
     return 0
 
 

@@ -1,27 +1,32 @@
 """``python -m gvm_mini demo``: GVM against uniform budgets on a CPU, in minutes, nothing downloaded.
 
-1. **Task** - multi-step integer arithmetic with graded difficulty (:func:`gvm_mini.data.arithmetic_problems`:
-   1-2 digit operands, 2-3 operands, ``+``/``-``), worked steps, answer in ``\\boxed{}``.
-2. **Starting policy** - a ~1M-parameter Qwen2-shaped model with an offline tokenizer, SFT-warmed on
-   worked solutions of which a fraction carry a deliberate arithmetic slip, for a fixed number of steps,
-   so that its pass rates spread across (0, 1) by difficulty. Cached after the first run (keyed by
-   every setting that shapes it).
+1. **Task** - chains of one-digit additions and subtractions, 1 to 7 steps
+   (:func:`gvm_mini.data.arithmetic_problems` with :data:`TASK`), worked steps, answer in ``\\boxed{}``;
+   difficulty is the chain length.
+2. **Starting policy** - a 0.15M-parameter Qwen2-shaped model (2 layers, width 64) with an offline
+   tokenizer, SFT-warmed for 800 steps on worked solutions with deliberate slips whose rate grows along
+   the chain (:class:`SFT`, :func:`slipped_solution`): sampled at temperature 1 it passes about 80% of
+   one-step prompts and 20% of seven-step ones, so pass rates spread across (0, 1) with difficulty, and
+   its errors are sampling noise around a right answer (greedy decoding is far more accurate). Cached
+   after the first run, keyed by every setting that shapes it.
 3. **Runs** - RAFT++ vs GVM-RAFT++ and GRPO vs GVM-GRPO, full fine-tuning of the tiny policy, all at
-   the same total budget of generated tokens (pilot samples counted), several seeds.
+   the same total budget of generated tokens (pilot samples counted), several seeds, in parallel
+   worker processes.
 4. **Outputs** - accuracy against generated tokens, wall time and update steps (mean and spread over
    seeds); the allocation picture (n_i against p_i coloured by G_i, like the paper's Figure 2); a
-   summary table (final accuracy, tokens to reach the uniform baseline's final accuracy and the ratio,
-   the GVM stage's share of wall time) as ``summary.md`` and ``summary.json``.
+   summary table (final accuracy, tokens and M-steps to reach the uniform baseline's final accuracy and
+   their ratios, the GVM stage's share of wall time) as ``summary.md`` and ``summary.json``.
 
-Why a tiny SFT-warmed model rather than SmolLM2-135M with LoRA: SmolLM2 samples at ~100 tokens/s on
-this CPU, so the four methods x several seeds would get a few thousand tokens each inside ten
-minutes - too few iterations to see a learning curve. The tiny model samples at >10k tokens/s.
+Why a tiny SFT-warmed model rather than SmolLM2-135M with LoRA: SmolLM2 samples at 20-100 tokens/s on
+this CPU, so four methods x two seeds would get a few thousand tokens each inside ten minutes - too few
+iterations for a learning curve. The tiny model samples at about 10k tokens/s per core.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -36,26 +41,36 @@ from .config import Config, validate
 
 __all__ = ["TASK", "SFT", "METHODS", "warm_start", "demo_config", "run_demo", "summarize_runs"]
 
-#: the generated task (arguments of ``arithmetic_problems``)
-TASK = dict(min_operands=2, max_operands=3, max_digits=2, ops=("+", "-"))
+#: the generated task (arguments of ``arithmetic_problems``): 1-7 steps of one-digit + and -
+TASK = dict(min_operands=2, max_operands=8, max_digits=1, ops=("+", "-"))
 
 
 @dataclass(frozen=True)
 class SFT:
-    """Settings of the warm start; all of them key the cache."""
+    """Settings of the warm start; all of them key the cache.
 
-    hidden_size: int = 128
-    num_layers: int = 4
+    The worked solutions carry deliberate slips: step ``j`` (0-based) of a solution is off by one with
+    probability ``slip_base + slip_growth * j`` (the slip is carried to the end), so a policy that
+    imitates them fails more often the longer the chain: 5% on one step, about 80% on seven. That is
+    what makes pass rates spread across (0, 1) with difficulty, and what RL has to unlearn.
+    """
+
+    hidden_size: int = 64
+    num_layers: int = 2
     num_heads: int = 4
     steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
-    slip_fraction: float = 0.05  # worked solutions with one deliberate arithmetic slip
-    examples: int = 6000
+    slip_base: float = 0.05
+    slip_growth: float = 0.06
+    examples: int = 8000
     data_seed: int = 7
     seed: int = 0
-    version: int = 1
+    version: int = 3
 
+
+#: generated tokens per run, pilots included (full demo, --quick)
+BUDGET, QUICK_BUDGET = 150_000, 40_000
 
 #: (label, algorithm, allocation)
 METHODS = [
@@ -66,27 +81,31 @@ METHODS = [
 ]
 
 
-def _slipped(problem, rng: random.Random) -> str:
-    """The worked solution with one intermediate result off by a small amount (carried to the end)."""
-    expr = problem.meta["expression"]
+def _operands(expression: str) -> tuple[list[int], list[str]]:
+    """``"7-5+3"`` -> ``([7, 5, 3], ["-", "+"])``."""
     tokens, cur = [], ""
-    for ch in expr:
+    for ch in expression:
         if ch in "+-" and cur:
             tokens += [cur, ch]
             cur = ""
         else:
             cur += ch
     tokens.append(cur)
-    nums, ops = [int(x) for x in tokens[0::2]], tokens[1::2]
-    slip_at = rng.randrange(len(ops))
+    return [int(x) for x in tokens[0::2]], tokens[1::2]
+
+
+def slipped_solution(expression: str, rng: random.Random, slip_base: float, slip_growth: float) -> str:
+    """A worked solution of ``expression`` in which step ``j`` slips by +-1 with probability
+    ``slip_base + slip_growth * j``; a slipped value is carried into the next step and the answer."""
+    nums, ops = _operands(expression)
     value, steps = nums[0], []
     for j, (op, b) in enumerate(zip(ops, nums[1:])):
         new = value + b if op == "+" else value - b
-        if j == slip_at:
-            new += rng.choice([-10, -2, -1, 1, 2, 10])
+        if rng.random() < slip_base + slip_growth * j:
+            new += rng.choice([-1, 1])
         steps.append(f"{value}{op}{b}={new}")
         value = new
-    return ". ".join(steps) + f". The answer is \\boxed{{{value}}}."
+    return ". ".join(steps) + f". \\boxed{{{value}}}"
 
 
 def warm_start(cache_root: Path, sft: SFT = SFT(), *, progress: bool = True) -> Path:
@@ -100,8 +119,8 @@ def warm_start(cache_root: Path, sft: SFT = SFT(), *, progress: bool = True) -> 
         return out
     rng = random.Random(sft.data_seed)
     problems = arithmetic_problems(sft.examples, seed=sft.data_seed, **TASK)
-    solutions = [(_slipped(p, rng) if rng.random() < sft.slip_fraction else p.solution) for p in problems]
-    tok = offline_tokenizer([p.problem + " " + s for p, s in zip(problems[:2000], solutions[:2000])], vocab_size=400)
+    solutions = [slipped_solution(p.meta["expression"], rng, sft.slip_base, sft.slip_growth) for p in problems]
+    tok = offline_tokenizer([p.problem + " " + s for p, s in zip(problems[:2000], solutions[:2000])], vocab_size=300)
     model = tiny_model(tok, hidden_size=sft.hidden_size, num_layers=sft.num_layers, num_heads=sft.num_heads, seed=sft.seed)
     rows = []
     for p, s in zip(problems, solutions):
@@ -143,37 +162,48 @@ def warm_start(cache_root: Path, sft: SFT = SFT(), *, progress: bool = True) -> 
 
 
 def demo_config(model_dir: Path, algorithm: str, allocation: str, seed: int, *, quick: bool) -> Config:
-    """The run config of one (method, seed) of the demo: same task, budget and evaluation for all."""
+    """The run config of one (method, seed) of the demo: same task, budget and evaluation for all.
+
+    Paper settings where they apply (N' = 4 pilots here instead of 8, N = 8 x prompts, alpha = 1e-3,
+    beta = 2, G_i on ``embed_tokens`` with summed log-probs, fresh samples, temperature 1, clip 0.2 /
+    0.28); scaled to a tiny model: full fine-tuning at lr 1e-4 (lr 3e-4 and above made the policy
+    worse in our runs), 2 M-steps of 32 prompts per E-step, no KL. Old log-probs come from the sampler
+    (``old_logprobs="behaviour"``: exact at temperature 1, one forward pass fewer per sample).
+    """
     cfg = Config(
         model=str(model_dir), dtype="float32", device="cpu", lora=False,
-        dataset="arithmetic", train_size=2000, test_size=200, data_seed=1234, verifier="exact",
+        dataset="arithmetic", train_size=4000, test_size=200, data_seed=1234, verifier="exact",
         task_min_operands=TASK["min_operands"], task_max_operands=TASK["max_operands"],
         task_max_digits=TASK["max_digits"], task_ops="".join(TASK["ops"]),
         system_prompt=None, instruction="", max_prompt_length=64,
         algorithm=algorithm, allocation=allocation, num_pilot=4, samples_per_prompt=8,
         alpha=1e-3, beta=2.0, gradnorm_params="embed_tokens", reuse_pilot=False,
-        temperature=1.0, max_completion_length=48, sample_batch_size=512,
-        iterations=1000, token_budget=40_000 if quick else 100_000,
-        prompts_per_step=32, steps_per_iteration=2, mini_batch_size=64,
-        learning_rate=5e-5, weight_decay=0.0, max_grad_norm=1.0, epsilon=0.2, epsilon_high=0.28,
-        kl_coef=0.0, loss_type="token_mean", reset_optimizer=False,
-        eval_every=1, eval_samples=4, eval_temperature=1.0, eval_size=100,
+        temperature=1.0, max_completion_length=64, sample_batch_size=512,
+        iterations=1000, token_budget=QUICK_BUDGET if quick else BUDGET,
+        prompts_per_step=32, steps_per_iteration=2, mini_batch_size=32,
+        learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, epsilon=0.2, epsilon_high=0.28,
+        kl_coef=0.0, loss_type="token_mean", reset_optimizer=False, old_logprobs="behaviour",
+        eval_every=1, eval_samples=4, eval_temperature=1.0, eval_size=100 if quick else 200,
         seed=seed, progress=False,
     )
     return validate(cfg)
 
 
-def _run_one(cfg: Config, out: Path) -> None:
+def _run_one(job: tuple) -> tuple:
+    """One (method, seed) run in a worker process with one torch thread; resumes an interrupted run."""
     from .em import run
 
+    from transformers.utils import logging as hf_logging
+
+    model_dir, label, algorithm, allocation, seed, quick, out = job
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars from the workers
+    t0 = time.perf_counter()
     done = out / "DONE"
-    if done.exists():
-        return
-    if out.exists():  # an interrupted run: continue it
-        run(cfg, out, resume=True)
-    else:
-        run(cfg, out)
-    done.write_text("ok")
+    if not done.exists():
+        run(demo_config(model_dir, algorithm, allocation, seed, quick=quick), out, resume=out.exists())
+        done.write_text("ok")
+    return label, seed, time.perf_counter() - t0
 
 
 def _interp(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -206,8 +236,7 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int]) -> dict:
             mean, std = ys.mean(0), ys.std(0)
             ax.plot(grid, mean, label=label, color=colors.get(label))
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2, color=colors.get(label))
-            if x == "tokens":
-                curves[label] = (grid, mean)
+            curves.setdefault(x, {})[label] = (grid, mean)
         ax.set_xlabel(X_AXES[x][1])
         ax.set_ylabel("test Average@4")
         ax.grid(alpha=0.3)
@@ -233,44 +262,47 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int]) -> dict:
             "gvm_stage_share_of_train_wall": float(gvm_share),
         }
     for base, gvm in [("RAFT++", "GVM-RAFT++"), ("GRPO", "GVM-GRPO")]:
-        if base not in curves or gvm not in curves:
+        if base not in labels or gvm not in labels:
             continue
-        target = summary["methods"][base]["final_acc_mean"]
-
-        def first_reach(label):
-            g, m = curves[label]
-            hit = np.flatnonzero(m >= target)
-            return float(g[hit[0]]) if hit.size else None
-
-        if target <= summary["methods"][base]["start_acc"]:
+        if summary["methods"][base]["final_acc_mean"] <= summary["methods"][base]["start_acc"]:
             # the baseline ended no better than it started: "tokens to reach it" would be 0 and meaningless
-            summary["methods"][gvm]["tokens_to_baseline_final"] = None
-            summary["methods"][base]["tokens_to_baseline_final"] = None
-            summary["methods"][gvm]["token_ratio_vs_baseline"] = None
             summary["methods"][base]["note"] = "final accuracy not above the start: no tokens-to-target ratio"
             continue
-        t_base, t_gvm = first_reach(base), first_reach(gvm)
-        summary["methods"][gvm]["tokens_to_baseline_final"] = t_gvm
-        summary["methods"][base]["tokens_to_baseline_final"] = t_base
-        summary["methods"][gvm]["token_ratio_vs_baseline"] = (t_base / t_gvm) if (t_gvm and t_base) else None
+        for x, name in (("tokens", "tokens"), ("steps", "m_steps")):
+            # first point of each mean curve (over seeds) at or above the end of the baseline's mean curve
+            # (its final accuracy on the grid both share; seeds end at slightly different token counts)
+            target = curves[x][base][1][-1]
+            reach = {}
+            for label in (base, gvm):
+                g, m = curves[x][label]
+                hit = np.flatnonzero(m >= target)
+                reach[label] = float(g[hit[0]]) if hit.size else None
+            summary["methods"][base][f"{name}_to_baseline_final"] = reach[base]
+            summary["methods"][gvm][f"{name}_to_baseline_final"] = reach[gvm]
+            summary["methods"][gvm][f"{name}_ratio_vs_baseline"] = (
+                reach[base] / reach[gvm] if reach[base] and reach[gvm] else None)
     gvm_runs = [out / f"{lab}-s{seeds[0]}" for lab in labels if lab.startswith("GVM")]
     if gvm_runs:
         plot_allocation(gvm_runs[0], out / "allocation.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [
-        "| method | start acc | final acc (mean ± std) | tokens (pilot) | M-steps | tokens to reach baseline's final | ratio | GVM stage share of wall |",
+        "| method | start acc | final acc (mean ± std) | tokens (pilot) | M-steps | tokens to reach baseline's final (ratio) "
+        "| M-steps to reach it (ratio) | GVM stage share of train wall |",
         "|---|---|---|---|---|---|---|---|",
     ]
     base_of = {"GVM-RAFT++": "RAFT++", "GVM-GRPO": "GRPO"}
+
+    def reach(s, name, fmt):
+        if "note" in summary["methods"].get(base_of.get(label, label), {}):
+            return "n/a: baseline did not improve"
+        v, r = s.get(f"{name}_to_baseline_final"), s.get(f"{name}_ratio_vs_baseline")
+        return "not reached" if v is None else fmt.format(v) + ("" if r is None else f" ({r:.2f}x)")
+
     for label, s in summary["methods"].items():
-        ttb = s.get("tokens_to_baseline_final")
-        no_gain = "note" in summary["methods"].get(base_of.get(label, label), {})
-        ratio = s.get("token_ratio_vs_baseline")
         lines.append(
             f"| {label} | {s['start_acc']:.3f} | {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} | "
-            f"{s['tokens']:,.0f} ({s['pilot_tokens']:,.0f}) | {s['m_steps']:.0f} | "
-            f"{'n/a: baseline did not improve' if no_gain else 'not reached' if ttb is None else f'{ttb:,.0f}'} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
-            f"{100 * s['gvm_stage_share_of_train_wall']:.1f}% |"
+            f"{s['tokens']:,.0f} ({s['pilot_tokens']:,.0f}) | {s['m_steps']:.0f} | {reach(s, 'tokens', '{:,.0f}')} | "
+            f"{reach(s, 'm_steps', '{:.1f}')} | {100 * s['gvm_stage_share_of_train_wall']:.1f}% |"
         )
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
@@ -278,8 +310,15 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int]) -> dict:
     return summary
 
 
-def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_root: Path | None = None) -> dict:
-    """The whole demo (module docstring); resumable: finished runs are kept and skipped."""
+def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_root: Path | None = None,
+             workers: int | None = None) -> dict:
+    """The whole demo (module docstring); resumable: finished runs are kept and skipped.
+
+    The (method, seed) runs go to ``workers`` processes (default: the CPU count, at most 4) with one
+    torch thread each; on CPU a run's numbers do not depend on which worker ran it.
+    """
+    import multiprocessing as mp
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cache_root) if cache_root else Path.home() / ".cache" / "gvm_mini"
@@ -288,12 +327,16 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
     t0 = time.perf_counter()
     model_dir = warm_start(cache_root)
     t_sft = time.perf_counter() - t0
-    jobs = [(label, alg, allocation, s) for s in seed_list for label, alg, allocation in METHODS]
-    for label, alg, allocation, s in tqdm(jobs, desc="demo runs"):
-        _run_one(demo_config(model_dir, alg, allocation, s, quick=quick), out / f"{label}-s{s}")
+    jobs = [(model_dir, label, alg, allocation, s, quick, out / f"{label}-s{s}") for s in seed_list for label, alg, allocation in METHODS]
+    workers = max(1, min(len(jobs), workers or min(os.cpu_count() or 1, 4)))
+    with mp.get_context("spawn").Pool(workers) as pool:
+        times = list(tqdm(pool.imap_unordered(_run_one, jobs), total=len(jobs), desc=f"demo runs ({workers} workers)"))
+    t_runs = time.perf_counter() - t0 - t_sft
     summary = summarize_runs(out, [m[0] for m in METHODS], seed_list)
-    summary["wall_seconds"] = {"warm_start": t_sft, "total": time.perf_counter() - t0}
+    summary["wall_seconds"] = {"warm_start": t_sft, "runs": t_runs, "total": time.perf_counter() - t0,
+                               "per_run": {f"{lab}-s{s}": t for lab, s, t in times}}
     (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
     print(summary["table"])
-    print(f"\nfigures: {out / 'curves.png'}, {out / 'allocation.png'}; total {summary['wall_seconds']['total']:.0f} s")
+    print(f"\nfigures: {out / 'curves.png'}, {out / 'allocation.png'}; warm start {t_sft:.0f} s, "
+          f"runs {t_runs:.0f} s, total {summary['wall_seconds']['total']:.0f} s")
     return summary

@@ -574,7 +574,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         res = evaluate_policy(
             model, tokenizer, test_texts, [p.answer for p in test], verifier, k=cfg.eval_samples,
             temperature=cfg.eval_temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
-            batch_size=cfg.sample_batch_size, seed=_phase_seed(cfg.seed, "eval", state.iteration), progress=cfg.progress,
+            batch_size=cfg.sample_batch_size, seed=_phase_seed(cfg.seed, "eval"), progress=cfg.progress,  # the same draws every time: common random numbers
         )
         state.wall["eval"] += time.perf_counter() - t0
         log({"kind": "eval", **res})

@@ -6,21 +6,38 @@ import re
 import pytest
 
 from gvm_mini.config import Config, load_config
-from gvm_mini.data import Problem
-from gvm_mini.demo import _slipped, demo_config
+from gvm_mini.demo import demo_config, slipped_solution
 from gvm_mini.plan import make_plan
 
 
-def test_slipped_solution_has_exactly_one_wrong_step():
-    p = Problem("Compute 12+7-3.", "16", "12+7=19. 19-3=16. The answer is \\boxed{16}.",
-                {"expression": "12+7-3"})
-    for seed in range(20):
-        text = _slipped(p, random.Random(seed))
-        steps = re.findall(r"(-?\d+)([+-])(\d+)=(-?\d+)", text)
-        wrong = [s for s in steps if (int(s[0]) + int(s[2]) if s[1] == "+" else int(s[0]) - int(s[2])) != int(s[3])]
-        assert len(steps) == 2 and len(wrong) == 1
-        assert int(steps[0][3]) == int(steps[1][0])  # the slip is carried to the next step
-        assert text.endswith(f"\\boxed{{{steps[-1][3]}}}.") and steps[-1][3] != "16"
+def _wrong_steps(text):
+    steps = re.findall(r"(-?\d+)([+-])(\d+)=(-?\d+)", text)
+    return steps, [s for s in steps if (int(s[0]) + int(s[2]) if s[1] == "+" else int(s[0]) - int(s[2])) != int(s[3])]
+
+
+def test_slipped_solution_without_slips_is_the_worked_solution():
+    assert slipped_solution("7-5+3", random.Random(0), 0.0, 0.0) == "7-5=2. 2+3=5. \\boxed{5}"
+
+
+def test_slipped_solution_carries_an_off_by_one_slip_to_the_answer():
+    # slip probability 1 at every step: each step is off by one from its (slipped) left operand
+    text = slipped_solution("7-5+3", random.Random(0), 1.0, 0.0)
+    steps, wrong = _wrong_steps(text)
+    assert len(steps) == 2 and len(wrong) == 2
+    assert int(steps[0][3]) == int(steps[1][0])  # the slipped value is carried into the next step
+    assert all(abs(int(s[3]) - (int(s[0]) + int(s[2]) if s[1] == "+" else int(s[0]) - int(s[2]))) == 1 for s in steps)
+    assert text.endswith(f"\\boxed{{{steps[-1][3]}}}")
+
+
+def test_slip_rate_grows_along_the_chain():
+    # slip_base + slip_growth * j = 0.05, 0.35, 0.65 for steps j = 0, 1, 2 of "1+1+1+1"
+    rng = random.Random(0)
+    counts = [0, 0, 0]
+    for _ in range(4000):
+        steps = re.findall(r"(-?\d+)([+-])(\d+)=(-?\d+)", slipped_solution("1+1+1+1", rng, 0.05, 0.3))
+        for j, s in enumerate(steps):
+            counts[j] += int(s[3]) != int(s[0]) + int(s[2])
+    assert [round(c / 4000, 2) for c in counts] == pytest.approx([0.05, 0.35, 0.65], abs=0.03)
 
 
 def test_demo_config_is_equal_budget_across_methods(tmp_path):

@@ -398,3 +398,16 @@ def test_smollm2_loads_caches_and_adds(tmp_path):
         out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
     )
     assert "5" in answer, answer
+
+
+def test_offline_tokenizer_with_a_closed_alphabet_has_only_the_corpus_symbols():
+    from gvm_mini.models import offline_tokenizer
+
+    corpus = ["Compute 3+4-5. 3+4=7. 7-5=2. \\boxed{2}"] * 3
+    tok = offline_tokenizer(corpus, vocab_size=40, byte_alphabet=False)
+    assert len(tok) <= 40  # no 256 byte symbols: 3 specials + the corpus' 18 distinct characters + merges
+    assert len(tok) >= 3 + len(set(corpus[0]))
+    ids = tok(corpus[0], add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == corpus[0]
+    with pytest.raises(ValueError, match="vocab_size"):
+        offline_tokenizer(corpus, vocab_size=100)  # the byte alphabet alone needs 259
