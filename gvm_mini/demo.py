@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -311,7 +312,7 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int]) -> dict:
 
 
 def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_root: Path | None = None,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, sft: SFT = SFT()) -> dict:
     """The whole demo (module docstring); resumable: finished runs are kept and skipped.
 
     The (method, seed) runs go to ``workers`` processes (default: the CPU count, at most 4) with one
@@ -319,13 +320,14 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
     """
     import multiprocessing as mp
 
+    tqdm.set_lock(threading.RLock())  # before any bar: tqdm's default multiprocessing lock leaks a semaphore at exit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cache_root) if cache_root else Path.home() / ".cache" / "gvm_mini"
     n_seeds = seeds or (1 if quick else 2)
     seed_list = list(range(n_seeds))
     t0 = time.perf_counter()
-    model_dir = warm_start(cache_root)
+    model_dir = warm_start(cache_root, sft)
     t_sft = time.perf_counter() - t0
     jobs = [(model_dir, label, alg, allocation, s, quick, out / f"{label}-s{s}") for s in seed_list for label, alg, allocation in METHODS]
     workers = max(1, min(len(jobs), workers or min(os.cpu_count() or 1, 4)))

@@ -65,3 +65,27 @@ def test_plan_of_a_hub_model_uses_its_shape_twin():
     assert plan["parameters"] == 1_543_714_304
     # bf16 weights: 1,543,714,304 x 2 bytes = 2.875 GiB
     assert plan["weights_gb"] == pytest.approx(2.88, abs=0.01)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_with_a_short_warm_start(tmp_path):
+    """The whole demo pipeline (warm start, four methods in two worker processes, curves, allocation
+    picture, table) with a 30-step warm start: checks the plumbing and the equal-budget accounting."""
+    import json
+
+    from gvm_mini.demo import METHODS, QUICK_BUDGET, SFT, demo_config, run_demo
+
+    c = demo_config(tmp_path, "grpo", "gvm", 0, quick=True)
+    per_iteration = (c.num_pilot + c.samples_per_prompt) * c.prompts_per_iteration * c.max_completion_length
+    summary = run_demo(tmp_path / "demo", quick=True, cache_root=tmp_path / "cache", workers=2, sft=SFT(steps=30))
+    for name in ("curves.png", "allocation.png", "summary.md", "summary.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    methods = summary["methods"]
+    assert list(methods) == [m[0] for m in METHODS]
+    for label, s in methods.items():
+        # every run stops after the iteration that reaches the budget: at most one iteration over it
+        assert QUICK_BUDGET <= s["tokens"] < QUICK_BUDGET + per_iteration
+        assert (s["pilot_tokens"] > 0) == label.startswith("GVM")
+        assert 0 <= s["final_acc_mean"] <= 1
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["wall_seconds"]["total"] > 0
+    assert "| GVM-GRPO |" in (tmp_path / "demo" / "summary.md").read_text()
