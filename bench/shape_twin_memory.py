@@ -4,7 +4,8 @@ Qwen2.5-Math-1.5B and Llama-3.2-1B (random weights in the published shapes).
 On a GPU: the full twins, batch x length = 8 x 1024 tokens, micro-batches as in the configs,
 gradient checkpointing, bf16 LoRA (r=64, all linear layers) and 4-bit QLoRA (needs bitsandbytes);
 reports torch.cuda.max_memory_allocated. Goals (issue 5): QLoRA <= 6 GB, LoRA bf16 <= 10 GB.
-On CPU: a bf16 LoRA smoke on a 2-layer twin at a short length, reporting peak RSS.
+On CPU: a LoRA smoke on a 2-layer twin at a short length (bf16 with AVX-512, else float32), reporting
+peak RSS.
 
     python bench/shape_twin_memory.py [--batch 8 --length 1024 --micro 2]
 """
@@ -52,8 +53,14 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None, help="override depth (CPU default: 2)")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                    help="LoRA base dtype (default: bfloat16 on a GPU or a CPU with AVX-512, else float32)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
+    # bf16 matmuls on a CPU without AVX-512 fall back to slow reference kernels (a 1-layer smoke step took
+    # minutes instead of seconds on an AVX2-only EPYC), so such CPUs measure in float32
+    dtype = getattr(torch, args.dtype) if args.dtype else (
+        torch.bfloat16 if cuda or "AVX512" in torch.backends.cpu.get_cpu_capability() else torch.float32)
     device = torch.device("cuda" if cuda else "cpu")
     batch = args.batch or (8 if cuda else 2)
     length = args.length or (1024 if cuda else (32 if args.smoke else 128))
@@ -76,7 +83,7 @@ def main() -> None:
 
                 model, _ = load_model(f"twin:{twin}", device=device, load_in_4bit=True)
             else:
-                model = shape_twin(twin, dtype=torch.bfloat16, device=device, num_layers=layers)
+                model = shape_twin(twin, dtype=dtype, device=device, num_layers=layers)
             model.gradient_checkpointing_enable() if cuda else None
             model = add_lora(model, r=64, lora_alpha=128)
             if cuda:
@@ -91,9 +98,9 @@ def main() -> None:
             else:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
                 kind = "peak_rss_gb_process"
-            rows.append({"twin": twin, "mode": mode, "batch": batch, "length": length, "micro": micro,
+            rows.append({"twin": twin, "mode": mode, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "length": length, "micro": micro,
                          "layers": model.config.num_hidden_layers, "step_s": dt, kind: peak})
-            print(f"{twin:<18} {mode:<6} {batch}x{length} (micro {micro}, {model.config.num_hidden_layers} layers): "
+            print(f"{twin:<18} {mode:<6} {str(dtype).removeprefix('torch.'):<8} {batch}x{length} (micro {micro}, {model.config.num_hidden_layers} layers): "
                   f"step {dt:6.2f} s, {kind} {peak:6.2f}")
             del model
     print(f"results -> {record('shape_twin_memory', {'rows': rows}, smoke=args.smoke)}")

@@ -315,6 +315,8 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
              workers: int | None = None, sft: SFT = SFT()) -> dict:
     """The whole demo (module docstring); resumable: finished runs are kept and skipped.
 
+    ``quick``: the same warm start, one seed, :data:`QUICK_BUDGET` tokens per run, 100 test prompts.
+
     The (method, seed) runs go to ``workers`` processes (default: the CPU count, at most 4) with one
     torch thread each; on CPU a run's numbers do not depend on which worker ran it.
     """
