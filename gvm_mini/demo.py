@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, validate
 
-__all__ = ["TASK", "SFT", "METHODS", "warm_start", "demo_config", "run_demo", "summarize_runs"]
+__all__ = ["TASK", "SFT", "METHODS", "BUDGET", "QUICK_BUDGET", "slipped_solution", "warm_start", "demo_config",
+           "run_demo", "summarize_runs"]
 
 #: the generated task (arguments of ``arithmetic_problems``): 1-7 steps of one-digit + and -
 TASK = dict(min_operands=2, max_operands=8, max_digits=1, ops=("+", "-"))
@@ -52,7 +53,8 @@ class SFT:
 
     The worked solutions carry deliberate slips: step ``j`` (0-based) of a solution is off by one with
     probability ``slip_base + slip_growth * j`` (the slip is carried to the end), so a policy that
-    imitates them fails more often the longer the chain: 5% on one step, about 80% on seven. That is
+    imitates them fails more often the longer the chain: 5% on one step, 1 - prod_j (1 - 0.05 - 0.06 j)
+    = 89% on seven. That is
     what makes pass rates spread across (0, 1) with difficulty, and what RL has to unlearn.
     """
 
