@@ -10,8 +10,14 @@ Minimising Eq. 7 subject to ``sum_i n_i = N`` by a Lagrange multiplier gives Pro
 Integer budgets follow the official code (``em/stage_2_calc_sample_size.py``): weight 0 where
 ``p_i == 0`` or ``G_i == 0``, then largest-remainder rounding so that the counts sum to ``N`` exactly.
 
+Beyond the paper (issue 12, METHOD.md §3b): :func:`allocate_tokens` minimises Eq. 7 for a budget in
+generated *tokens* (``n_i ∝ w_i / sqrt(c_i)``), and :func:`knapsack` is the Knapsack-RL rule of
+Li et al. 2025 (maximise the chance of a non-zero GRPO gradient times an information gain).
+
 Every rule here has the call shape ``rule(p, G, budget, *, min_per_prompt=0, max_per_prompt=None,
-**kw) -> np.ndarray[int]`` so that experiments can swap them (see :data:`RULES`).
+**kw) -> np.ndarray[int]`` so that experiments can swap them (see :data:`RULES`); the rules in
+:data:`COST_AWARE` (``gvm_tokens``) also take ``cost=``, the mean generated tokens per sample of each
+prompt, and spend ``budget * mean(cost)`` tokens instead of exactly ``budget`` samples.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ __all__ = [
     "acceptance_only",
     "reward_variance",
     "filter_extremes",
+    "continuous_token_allocation",
+    "allocate_tokens",
+    "gvm_tokens",
+    "knapsack_value",
+    "knapsack",
+    "COST_AWARE",
     "RULES",
     "get_rule",
 ]
@@ -322,18 +334,333 @@ def filter_extremes(p, G, budget, *, min_per_prompt=0, max_per_prompt=None, **_)
     return _from_weights(w, budget, min_per_prompt, max_per_prompt)
 
 
+# ----------------------------------------------------------------------------------------------
+# beyond the paper (issue 12): a budget in tokens, and the Knapsack-RL rule
+# ----------------------------------------------------------------------------------------------
+
+
+def _cost_vector(cost, m: int) -> np.ndarray:
+    c = _vector("cost", cost)
+    if c.size != m:
+        raise ValueError(f"cost and p must have the same length, got {c.size} and {m}")
+    if np.any(c <= 0):
+        bad = int(np.flatnonzero(c <= 0)[0])
+        raise ValueError(f"cost must be > 0 (tokens per sample); cost[{bad}] = {c[bad]}")
+    return c
+
+
+def _token_bounds(c: np.ndarray, token_budget, min_per_prompt, max_per_prompt) -> tuple[float, int, int | None]:
+    try:
+        B = float(token_budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"token_budget must be a number, got {token_budget!r}") from None
+    if not np.isfinite(B) or B < 0:
+        raise ValueError(f"token_budget must be a finite number >= 0, got {token_budget!r}")
+    lo = _int_arg("min_per_prompt", min_per_prompt)
+    hi = None if max_per_prompt is None else _int_arg("max_per_prompt", max_per_prompt)
+    if hi is not None and hi < lo:
+        raise ValueError(f"max_per_prompt ({hi}) must be >= min_per_prompt ({lo})")
+    if lo * c.sum() > B * (1 + 1e-12):
+        raise ValueError(
+            f"min_per_prompt={lo} cannot be met: {c.size} prompts at that count cost {lo * c.sum():g} tokens "
+            f"but token_budget={B:g}"
+        )
+    if hi is not None and c.size and hi * c.sum() < B * (1 - 1e-12):
+        raise ValueError(
+            f"max_per_prompt={hi} cannot be met: {c.size} prompts hold at most {hi * c.sum():g} tokens "
+            f"but token_budget={B:g}"
+        )
+    return B, lo, hi
+
+
+def _water_fill_cost(v: np.ndarray, c: np.ndarray, B: float, lo: float, hi: float) -> np.ndarray:
+    """Real ``n_i = clip(lam * v_i, lo, hi)`` with ``sum_i c_i n_i = B`` (KKT of the token-budget
+    problem with box constraints; ``v_i = w_i / sqrt(c_i)``). Zero-``v`` prompts sit at ``lo`` unless
+    the others are all full, then the rest is spread over them as equal sample counts."""
+    n = np.full(v.size, lo, dtype=np.float64)
+    pos = v > 0
+    if not pos.any():
+        return np.clip(np.full(v.size, B / c.sum()), lo, hi)
+    if hi * c[pos].sum() + lo * c[~pos].sum() <= B:
+        n[pos] = hi
+        if (~pos).any():
+            n[~pos] = np.clip((B - hi * c[pos].sum()) / c[~pos].sum(), lo, hi)
+        return n
+    vp, cp = v[pos], c[pos]
+    target = B - lo * c[~pos].sum()
+    a, b = 0.0, 1.0
+    while (cp * np.clip(b * vp, lo, hi)).sum() < target:
+        b *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        if (cp * np.clip(mid * vp, lo, hi)).sum() < target:
+            a = mid
+        else:
+            b = mid
+    x = np.clip(b * vp, lo, hi)
+    free = (x > lo) & (x < hi)
+    if free.any():  # exact on the linear piece
+        lam = (target - (cp * x)[~free].sum()) / (cp * vp)[free].sum()
+        x[free] = lam * vp[free]
+    n[pos] = x
+    return n
+
+
+def continuous_token_allocation(
+    p, G, token_budget, cost, *, alpha: float = 1e-3, beta: float = 2.0, min_per_prompt=0, max_per_prompt=None
+) -> np.ndarray:
+    """Token-budget Proposition 1 (METHOD.md §3b, theory/variance_and_prop1.md), real-valued.
+
+    Minimises Eq. 7, ``sum_i w_i^2 / n_i`` with ``w_i`` from :func:`allocation_weights`, subject to
+    ``sum_i c_i n_i = B`` (``c_i`` = expected generated tokens per sample of prompt ``i``)::
+
+        n_i = B * (w_i / sqrt(c_i)) / sum_l w_l sqrt(c_l)        optimum (sum_i w_i sqrt(c_i))^2 / B
+
+    Box constraints ``[min_per_prompt, max_per_prompt]`` by water-filling. If every weight is zero,
+    every prompt gets the same count ``B / sum_i c_i`` (uniform at the same token cost).
+    """
+    w = allocation_weights(p, G, alpha=alpha, beta=beta)
+    c = _cost_vector(cost, w.size)
+    B, lo, hi = _token_bounds(c, token_budget, min_per_prompt, max_per_prompt)
+    if w.size == 0:
+        return np.zeros(0)
+    return _water_fill_cost(w / np.sqrt(c), c, B, float(lo), float(np.inf if hi is None else hi))
+
+
+def allocate_tokens(
+    p, G, token_budget, cost, *, alpha: float = 1e-3, beta: float = 2.0, min_per_prompt=0, max_per_prompt=None
+) -> np.ndarray:
+    """Integer token-budget Proposition 1 (METHOD.md §3b): minimise Eq. 7 s.t. ``sum_i c_i n_i <= B``.
+
+    Continuous optimum (:func:`continuous_token_allocation`)::
+
+        n_i = B * (w_i / sqrt(c_i)) / sum_l w_l sqrt(c_l),   w_i = G_i / sqrt(p_i + alpha p_i^(1-beta))
+
+    By Cauchy-Schwarz its Eq. 7 value ``(sum w sqrt(c))^2 / B`` is never above that of Proposition 1
+    scaled to the same tokens, ``(sum w)(sum w c) / B``; with equal costs the two coincide.
+
+    Rounding rule (stated, deterministic): (1) floor the continuous solution; (2) one pass over the
+    *candidates* in order of decreasing fractional part (ties to the lower index), giving each one more
+    sample if its cost still fits in the unspent tokens; (3) while some candidate below
+    ``max_per_prompt`` still fits, give one more sample to the fitting candidate with the largest Eq. 7
+    decrease per token, ``w_i^2 / (n_i (n_i + 1) c_i)`` (ties to the lower index). Candidates are the
+    prompts with positive weight below ``max_per_prompt``; if there are none (every weight is zero, or
+    every weighted prompt is full) every prompt below ``max_per_prompt`` is a candidate with ``w_i = 1``.
+    So the tokens spent ``sum c_i n_i`` are never above ``B`` (up to 1e-9 relative float error) and
+    less than ``max_i c_i`` below it. With equal costs step (2) is largest-remainder rounding, step (3)
+    adds nothing, and the result equals :func:`allocate` with ``budget = B / c``.
+
+    Zero-weight prompts (``p_i == 0`` or ``G_i == 0``) get ``min_per_prompt`` (more only once every
+    weighted prompt is at ``max_per_prompt``, as in :func:`allocate`); if every weight is zero
+    the tokens are spread as equal sample counts and an :class:`AllocationFallbackWarning` is issued.
+    Bad input raises ``ValueError`` naming the argument (``cost`` must be > 0).
+
+    >>> allocate_tokens([0.5, 0.5], [1, 1], 300, [10, 40]).tolist()
+    [10, 5]
+    """
+    import heapq
+
+    w = allocation_weights(p, G, alpha=alpha, beta=beta)
+    c = _cost_vector(cost, w.size)
+    B, lo, hi = _token_bounds(c, token_budget, min_per_prompt, max_per_prompt)
+    if w.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not (w > 0).any():
+        warnings.warn(
+            "every allocation weight is zero (no prompt has p_i > 0 and G_i > 0); "
+            "spreading the token budget as equal sample counts",
+            AllocationFallbackWarning,
+            stacklevel=2,
+        )
+    hi_f = float(np.inf if hi is None else hi)
+    x = _water_fill_cost(w / np.sqrt(c), c, B, float(lo), hi_f)
+    n = np.floor(x + 1e-9).astype(np.int64)
+    tol = 1e-9 * max(B, 1.0)
+    while (n * c).sum() > B + tol:  # only from float error: take back the most over-rounded sample
+        over = np.flatnonzero(n > lo)
+        n[over[np.argmin((x - n)[over])]] -= 1
+    left = B - float((n * c).sum())
+    cand = (w > 0) & (n < hi_f)
+    wt = w
+    if not cand.any():
+        cand, wt = n < hi_f, np.ones_like(w)
+    # (2) largest fractional part first, one sample each, if it fits
+    frac = x - n
+    for i in np.lexsort((np.arange(w.size), -frac)):
+        if cand[i] and frac[i] > 1e-9 and c[i] <= left + tol and n[i] < hi_f:
+            n[i] += 1
+            left -= c[i]
+    # (3) greedy on the Eq. 7 decrease per token while anything still fits
+    def greedy(idx: np.ndarray, wt: np.ndarray) -> None:
+        nonlocal left
+        heap = [(-(wt[i] ** 2) / (max(n[i], 1e-300) * (n[i] + 1) * c[i]), i) for i in idx]
+        heapq.heapify(heap)
+        while heap:
+            _, i = heapq.heappop(heap)
+            if c[i] > left + tol or n[i] >= hi_f:
+                continue  # it never fits again: the unspent tokens only shrink
+            n[i] += 1
+            left -= c[i]
+            heapq.heappush(heap, (-(wt[i] ** 2) / (n[i] * (n[i] + 1) * c[i]), i))
+
+    greedy(np.flatnonzero(cand), wt)
+    pos = w > 0
+    if pos.any() and np.all(n[pos] >= hi_f) and (n < hi_f).any():  # weighted prompts full (float edge of step 1)
+        greedy(np.flatnonzero(n < hi_f), np.ones_like(w))
+    return n
+
+
+def gvm_tokens(
+    p, G, budget, *, cost, token_budget=None, alpha: float = 1e-3, beta: float = 2.0,
+    min_per_prompt=0, max_per_prompt=None,
+) -> np.ndarray:
+    """The ``gvm_tokens`` rule of :data:`RULES`: :func:`allocate_tokens` with the token budget of the
+    uniform allocation of ``budget`` samples, ``B = budget * mean_i(c_i)`` (so both spend the same
+    expected tokens), unless ``token_budget`` is given. ``cost`` is required (see :data:`COST_AWARE`)."""
+    c = _cost_vector(cost, np.asarray(p).size)
+    budget = _int_arg("budget", budget)
+    B = budget * float(c.mean()) if token_budget is None else token_budget
+    if c.size == 0:
+        B = 0.0
+    return allocate_tokens(p, G, B, c, alpha=alpha, beta=beta, min_per_prompt=min_per_prompt,
+                           max_per_prompt=max_per_prompt)
+
+
+def knapsack_value(n, p) -> np.ndarray:
+    """Knapsack-RL value of ``n`` samples of a prompt with pass rate ``p`` (Li et al. 2025,
+    arXiv 2509.25849): ``(1 - p^n - (1 - p)^n) * p * (1 - p)^2`` = P(the group has both a correct
+    and a wrong answer, so GRPO gets a non-zero gradient) x InfoGain(p). 0 for ``n <= 1`` (at ``n = 0`` by
+    definition: the formula would give ``-p (1 - p)^2``) and for
+    ``p`` in {0, 1}. Broadcasts over ``n`` and ``p``."""
+    n = np.asarray(n, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    v = (1.0 - p**n - (1.0 - p) ** n) * p * (1.0 - p) ** 2
+    return np.where(n >= 1, v, 0.0)  # the formula gives -p(1-p)^2 at n = 0; no samples, no value
+
+
+def knapsack(
+    p, G, budget, *, min_per_prompt=0, max_per_prompt=None, fallback: bool = True,
+    fallback_confidence: float = 0.9, **_,
+) -> np.ndarray:
+    """Knapsack-RL allocation (Li et al. 2025, arXiv 2509.25849): maximise
+    ``sum_i knapsack_value(n_i, p_i)`` subject to ``sum_i n_i = budget`` and
+    ``min_per_prompt <= n_i <= max_per_prompt``, solved exactly by dynamic programming over the budget
+    (``O(m * budget * max_per_prompt)``; the value is not concave at ``n = 0, 1``, so greedy is not
+    exact). ``G`` is only checked: the rule uses the pass rates alone.
+
+    Details checked against the authors' public implementation (``sampling_budget_by_knapsack`` in
+    their verl fork) and where we chose:
+
+    * Prompts with ``p_i`` in {0, 1} have value 0 for every ``n``; they get ``min_per_prompt`` (the
+      public code gives them its floor ``min_n = 2``; set ``min_per_prompt=2`` to match).
+    * ``fallback=True`` (the public code's default ``allow_fallback``): an informative prompt is worth
+      at most ``ceil_i = min(max_per_prompt, floor(log(1 - fallback_confidence) / log(max(p_i, 1 - p_i))))``
+      samples (enough for a non-zero gradient with probability ``fallback_confidence``, 0.9 there); if
+      the informative prompts' ``sum ceil_i`` leaves budget over, the surplus is spread evenly over the
+      prompts with ``p_i = 0`` (unsolved: more samples may find a first success) and the DP gets the
+      rest. We deviate in one place: with no ``p_i = 0`` prompt there is no fallback (the public code
+      then spreads the surplus over the ``p_i = 1`` prompts, which carry no signal). ``fallback=False``
+      is the plain knapsack.
+    * If the informative prompts are all full (at ``max_per_prompt``), the rest goes evenly to
+      ``p_i = 0`` prompts, then ``p_i = 1`` prompts; if every prompt has ``p_i`` in {0, 1} the budget
+      goes to the ``p_i = 0`` prompts (public code) or, if none, uniformly, with an
+      :class:`AllocationFallbackWarning`.
+    * Prompts never seen get a uniform share in the public code (their ``p`` comes from the previous
+      epoch, with no pilot); in gvm-mini every prompt has an estimate (a pilot or, with
+      ``pilot: history``, its earlier samples), so that case does not arise.
+    * Ties in the DP go to the smallest count for the later prompt (deterministic).
+
+    >>> knapsack([0.5, 0.5, 0.0, 1.0], [1, 1, 1, 1], 8, fallback=False).tolist()
+    [4, 4, 0, 0]
+    """
+    p, _G = _p_and_G(p, G)
+    budget, lo, hi = _bounds(p.size, budget, min_per_prompt, max_per_prompt)
+    m = p.size
+    n = np.full(m, lo, dtype=np.int64)
+    if m == 0:
+        return n
+    if not (0 < fallback_confidence < 1):
+        raise ValueError(f"fallback_confidence must be in (0, 1), got {fallback_confidence!r}")
+    inf_ = np.flatnonzero((p > 0) & (p < 1))
+    zero, one = np.flatnonzero(p == 0), np.flatnonzero(p == 1)
+    left = budget - lo * m
+
+    def spread(idx: np.ndarray, amount: int) -> int:
+        """Even shares (remainder to the lower indices), capped at ``hi``; returns what did not fit."""
+        while amount > 0 and idx.size:
+            room = idx[n[idx] < hi]
+            if not room.size:
+                break
+            share, rem = divmod(amount, room.size)
+            add = np.minimum(np.full(room.size, share) + (np.arange(room.size) < rem), hi - n[room])
+            n[room] += add
+            amount -= int(add.sum())
+            if add.sum() == 0:
+                break
+        return amount
+
+    if inf_.size == 0:
+        if zero.size == 0:
+            warnings.warn("every p_i is 1; spreading the budget uniformly", AllocationFallbackWarning, stacklevel=2)
+            spread(np.arange(m), left)
+            return n
+        warnings.warn("no prompt has 0 < p_i < 1; spreading the budget over the p_i = 0 prompts",
+                      AllocationFallbackWarning, stacklevel=2)
+        rest = spread(zero, left)
+        spread(one, rest)
+        return n
+    dp_budget = min(left, (hi - lo) * inf_.size)
+    if fallback and zero.size:
+        with np.errstate(divide="ignore"):
+            need = np.floor(np.log(1.0 - fallback_confidence) / np.log(np.maximum(p[inf_], 1.0 - p[inf_])))
+        cap = int(np.clip(need, lo, hi).sum()) - lo * inf_.size
+        if cap < dp_budget:
+            dp_budget = cap + spread(zero, dp_budget - cap)  # what the p=0 prompts cannot hold returns
+    rest = budget - int(n.sum()) - dp_budget  # after any fallback shares (already in n)
+    # exact DP over the informative prompts: best[b] = max value of extra samples summing to b
+    K = min(hi - lo, dp_budget)
+    ks = np.arange(lo, lo + K + 1)
+    best = np.full(dp_budget + 1, -np.inf)
+    best[0] = 0.0
+    choice = np.zeros((inf_.size, dp_budget + 1), dtype=np.int64)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    for j, i in enumerate(inf_):
+        vals = knapsack_value(ks, p[i])
+        # cand[b, k] = best[b - k] + vals[k] for all b, k at once (a (max, +) convolution)
+        padded = np.concatenate([np.full(K, -np.inf), best])
+        cand = sliding_window_view(padded, K + 1)[:, ::-1] + vals[None, :]
+        arg = np.argmax(cand, axis=1)  # first maximum: the smallest count wins ties
+        best, choice[j] = cand[np.arange(dp_budget + 1), arg], arg
+    b = dp_budget
+    for j in range(inf_.size - 1, -1, -1):
+        k = int(choice[j, b])
+        n[inf_[j]] += k
+        b -= k
+    rest = spread(zero, rest)
+    rest = spread(one, rest)
+    return n
+
+
+COST_AWARE = frozenset({"gvm_tokens"})
+"""Rules that need the per-prompt cost ``cost=`` (mean tokens per sample) besides ``p, G, budget``."""
+
+
 RULES: dict[str, Callable[..., np.ndarray]] = {
     "gvm": allocate,
     "uniform": uniform,
     "acceptance_only": acceptance_only,
     "reward_variance": reward_variance,
     "filter_extremes": filter_extremes,
+    "gvm_tokens": gvm_tokens,
+    "knapsack": knapsack,
 }
 
 
 def get_rule(name: str) -> Callable[..., np.ndarray]:
     """Look up an allocation rule by name (``gvm``, ``uniform``, ``acceptance_only``,
-    ``reward_variance``, ``filter_extremes``)."""
+    ``reward_variance``, ``filter_extremes``, ``gvm_tokens``, ``knapsack``). Rules in
+    :data:`COST_AWARE` also need ``cost=`` (mean generated tokens per sample of each prompt)."""
     try:
         return RULES[name]
     except KeyError:

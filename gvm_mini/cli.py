@@ -18,7 +18,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and the parser of each subcommand (whose usage a malformed argument names)."""
     ap = argparse.ArgumentParser(
         prog="python -m gvm_mini",
         description="GVM-RAFT (arXiv 2505.02391): variance-minimising per-prompt sample budgets for RAFT, RAFT++ and GRPO.",
@@ -27,8 +28,11 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the CPU demo: GVM against uniform budgets, with plots and a table")
     d.add_argument("--out", default=None, help="output directory (default: runs/demo, --quick: runs/demo-quick)")
-    d.add_argument("--quick", action="store_true", help="one seed, 40k tokens per run (about 1 minute once the warm start is cached)")
-    d.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 2, quick: 1)")
+    d.add_argument("--quick", action="store_true", help="one seed, 50k tokens per run (about a minute from a cold cache)")
+    d.add_argument("--task", default="rules", choices=["rules", "chains"],
+                   help="rules (default): families of prompts, each with its own correct procedure; "
+                        "chains: the previous demo, the counter-example where GVM does not help")
+    d.add_argument("--seeds", default=None, metavar="N", help="number of seeds, a positive integer (default: 3, quick: 1)")
     _add_common(d)
 
     t = sub.add_parser("train", help="run EM iterations from a YAML config")
@@ -60,10 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--x", default="tokens", choices=["tokens", "samples", "steps", "updates", "wall"])
     p.add_argument("--metric", default="avg_at_k")
-    p.add_argument("--out", default="curves.png", help="PNG file (default: curves.png)")
+    p.add_argument("--out", default="runs/curves.png", help="PNG file (default: runs/curves.png)")
     p.add_argument("--allocation", action="store_true", help="also plot n_i vs p_i for each run (RUN/allocation.png)")
     _add_common(p)
-    return ap
+    return ap, {"demo": d, "train": t, "eval": e, "allocate": a, "plot": p}
 
 
 def _cmd_train(args) -> int:
@@ -80,7 +84,29 @@ def _cmd_train(args) -> int:
     state = run(cfg, Path(args.out), resume=args.resume)
     print(f"done: {state.iteration} iterations, {state.global_step} M-steps, {state.tokens} generated tokens "
           f"({state.pilot_tokens} in pilots) -> {args.out}")
+    for line in _run_notes(cfg, Path(args.out)):
+        print(line)
     return 0
+
+
+def _run_notes(cfg, out: Path) -> list[str]:
+    """Plain-words notes on a finished run: a random-weight built-in model (it learns nothing), and
+    iterations where every pilot failed so the budget was spread uniformly (Proposition 1 has no
+    weights when every p_i is 0)."""
+    from .models import BUILTIN_NAMES
+    from .plots import read_jsonl
+
+    notes = []
+    recs = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    its = [r for r in recs if r.get("kind") == "iteration"]
+    fell_back = sum(bool(r.get("fallback_uniform")) for r in its)
+    if cfg.model in BUILTIN_NAMES and cfg.model != "smollm2" and not cfg.init_from:
+        notes.append(f"note: {cfg.model} has random weights, so it learns nothing here (accuracy stays at chance); "
+                     "it exercises the pipeline only. For learning curves run `python -m gvm_mini demo`.")
+    if fell_back:
+        notes.append(f"note: the uniform fallback was used in {fell_back} of {len(its)} iterations: every pilot sample "
+                     "was wrong (all p_i = 0), so Proposition 1 had no weights and the budget was spread evenly.")
+    return notes
 
 
 def _cmd_eval(args) -> int:
@@ -97,6 +123,11 @@ def _cmd_eval(args) -> int:
         from .config import ConfigError
 
         raise ConfigError(f"adapter directory not found: {args.adapter}")
+    if args.adapter and not (Path(args.adapter) / "adapter_model.safetensors").is_file():
+        from .config import ConfigError
+
+        raise ConfigError(f"{args.adapter} has no adapter_model.safetensors; gvm-mini loads adapters only from "
+                          "safetensors (an adapter_model.bin is a pickle, which can run code)")
     _, test = load_problems(cfg)
     if not test:
         from .config import ConfigError
@@ -106,7 +137,10 @@ def _cmd_eval(args) -> int:
     if args.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, args.adapter)
+        from .models import quiet_loading
+
+        with quiet_loading():
+            model = PeftModel.from_pretrained(model, args.adapter)
     res = evaluate_policy(
         model, tokenizer, _prompt_texts(cfg, tokenizer, test), [p.answer for p in test], get_verifier(cfg.verifier),
         k=args.k or cfg.eval_samples, temperature=cfg.eval_temperature, top_p=cfg.top_p,
@@ -114,7 +148,10 @@ def _cmd_eval(args) -> int:
     )
     print(json.dumps(res, indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        from .rundir import atomic_write_text
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(res, indent=1))
     return 0
 
 
@@ -125,6 +162,7 @@ def _cmd_plot(args) -> int:
     for r in args.runs:
         if not (Path(r) / "metrics.jsonl").is_file():
             raise ConfigError(f"{r} is not a run directory (no metrics.jsonl)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plot_runs(args.runs, args.out, x=args.x, metric=args.metric)
     print(f"wrote {args.out}")
     if args.allocation:
@@ -158,13 +196,31 @@ def _cmd_allocate(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    run_demo(Path(out), quick=args.quick, seeds=args.seeds)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = int(args.seeds)
+        except ValueError:
+            seeds = 0
+        if seeds < 1:
+            from .config import ConfigError
+
+            raise ConfigError(f"--seeds must be a positive integer, got {args.seeds!r}")
+    suffix = "" if args.task == "rules" else f"-{args.task}"
+    out = args.out or (f"runs/demo{suffix}-quick" if args.quick else f"runs/demo{suffix}")
+    run_demo(Path(out), quick=args.quick, seeds=seeds, task=args.task)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    ap, subs = _parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # e.g. `--set learning_rate 1e-4`: name the subcommand's usage, not the top-level one
+        sets = getattr(args, "overrides", None) or []
+        hint = ""
+        if sets and "=" not in sets[-1]:
+            hint = f"; --set takes key=value in one word: --set {sets[-1]}={extra[0]}"
+        subs[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     handlers = {"train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot, "demo": _cmd_demo, "allocate": _cmd_allocate}
     try:
         return handlers[args.command](args)

@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 ALGORITHMS = ("raft", "raftpp", "grpo")
-ALLOCATIONS = ("gvm", "uniform", "acceptance_only", "reward_variance", "filter_extremes")
+ALLOCATIONS = ("gvm", "uniform", "acceptance_only", "reward_variance", "filter_extremes", "gvm_tokens", "knapsack")
 GRADNORM_PARAMS = ("embed_tokens", "lm_head", "lora", "all")
 LOSS_TYPES = ("token_mean", "seq_mean_token_mean")
 VERIFIERS = ("exact", "math_verify")
@@ -35,6 +35,10 @@ BACKENDS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 KL_REFERENCES = ("iteration_start", "initial")
 OLD_LOGPROBS = ("recompute", "behaviour")
+ESTIMATORS = ("paper", "bayes")  # gvm_mini.estimators
+PILOTS = ("fresh", "reuse", "history")
+PROMPT_WEIGHTINGS = ("tokens", "prompt", "lemma1")  # gvm_mini.losses.prompt_weights
+REPORT_TO = ("none", "tensorboard")
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Config:
     gradient_checkpointing: bool = False
 
     # --- data --------------------------------------------------------------------------------
-    dataset: str = "arithmetic"  # arithmetic | champ | jsonl:PATH | hub:NAME
+    dataset: str = "arithmetic"  # arithmetic | rules (the demo's task) | champ | jsonl:PATH | hub:NAME
     eval_dataset: str | None = None  # default: the held-out split of `dataset`
     train_size: int = 256
     task_min_operands: int = 2  # dataset=arithmetic only: the generated task's shape
@@ -78,13 +82,17 @@ class Config:
     beta: float = 2.0
     min_per_prompt: int = 0
     max_per_prompt: int | None = None
-    reuse_pilot: bool = False  # count the pilot samples towards n_i instead of drawing them again
+    reuse_pilot: bool = False  # deprecated alias of pilot: reuse (kept so old configs and run dirs load)
+    pilot: str = "fresh"  # fresh (paper) | reuse (pilots count towards n_i and are trained on) | history (earlier epochs' samples, no pilot for seen prompts)
+    estimator: str = "paper"  # paper (raw pilot fraction, G=0 without an accepted pilot) | bayes (empirical-Bayes Beta posterior mean, pooled G)
+    prompt_weighting: str = "tokens"  # M-step: tokens (official code, token mean) | prompt (Algorithm 1: 1/|D_i|) | lemma1 (1/(n_i p_i))
     gradnorm_params: str = "embed_tokens"
     grpo_group_size: int | None = None  # None: one group of n_i per prompt (official HEAD); 4: paper App. B
     grpo_scale_std: bool = True
 
     # --- sampling ----------------------------------------------------------------------------
-    backend: str = "hf"
+    backend: str = "hf"  # hf (sample_hf decode loop) | vllm (GPU extra: one colocated engine, the LoRA adapter as a LoRARequest)
+    vllm_gpu_memory_utilization: float = 0.3  # backend=vllm: the share of the GPU vLLM takes (its weights + KV cache); the trainer gets the rest
     temperature: float = 1.0
     top_p: float = 1.0
     max_completion_length: int = 64
@@ -93,7 +101,7 @@ class Config:
 
     # --- optimisation --------------------------------------------------------------------------
     iterations: int = 2
-    token_budget: int | None = None  # stop after the iteration that reaches this many generated tokens (pilots included)
+    token_budget: int | None = None  # stop after the M-step that reaches this many generated tokens (pilots included)
     prompts_per_step: int = 8
     steps_per_iteration: int = 2  # k M-steps per E-step (paper: ~9-10)
     mini_batch_size: int = 64  # responses per optimizer update
@@ -119,6 +127,7 @@ class Config:
     seed: int = 0
     progress: bool = True
     save_weights: bool = True  # keep the trainable weights of the last finished iteration
+    report_to: str = "none"  # none | tensorboard (metrics.jsonl is always written; tensorboard is an optional extra)
 
     @property
     def budget_per_step(self) -> int:
@@ -131,6 +140,11 @@ class Config:
     @property
     def uses_pilot(self) -> bool:
         return self.allocation != "uniform"
+
+    @property
+    def pilot_mode(self) -> str:
+        """``pilot``, with the deprecated ``reuse_pilot: true`` read as ``pilot: reuse``."""
+        return "reuse" if self.reuse_pilot else self.pilot
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
@@ -149,7 +163,8 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")):
         if optional:
             return None
-        raise ConfigError(f"{name} may not be null (expected {typ.__name__})")
+        if value is None or typ is not str:  # a string field keeps the word: report_to: none
+            raise ConfigError(f"{name} may not be null (expected {typ.__name__})")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -250,7 +265,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML to ``path`` atomically (temporary file, fsync, rename; see
+    :func:`gvm_mini.rundir.atomic_write_text`): a kill leaves the previous file or the new one."""
+    from .rundir import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 
 def _choice(cfg: Config, name: str, options: tuple[str, ...]) -> None:
@@ -278,6 +297,7 @@ def validate(cfg: Config) -> Config:
         ("algorithm", ALGORITHMS), ("allocation", ALLOCATIONS), ("gradnorm_params", GRADNORM_PARAMS),
         ("loss_type", LOSS_TYPES), ("verifier", VERIFIERS), ("backend", BACKENDS), ("dtype", DTYPES),
         ("kl_reference", KL_REFERENCES), ("old_logprobs", OLD_LOGPROBS),
+        ("estimator", ESTIMATORS), ("pilot", PILOTS), ("prompt_weighting", PROMPT_WEIGHTINGS), ("report_to", REPORT_TO),
     ]:
         _choice(cfg, name, opts)
     _positive(cfg, "alpha", "learning_rate", "iterations", "prompts_per_step", "steps_per_iteration",
@@ -291,6 +311,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"num_pilot (N') must be >= 1 for allocation={cfg.allocation}, got {cfg.num_pilot}")
     if cfg.num_pilot < 0:
         raise ConfigError(f"num_pilot must be >= 0, got {cfg.num_pilot}")
+    if cfg.prompt_weighting == "lemma1" and not cfg.uses_pilot:
+        raise ConfigError("prompt_weighting=lemma1 weights by 1/(n_i p_i) and needs the pilot's p_i; allocation=uniform has none (use tokens or prompt)")
+    if cfg.reuse_pilot and cfg.pilot not in ("fresh", "reuse"):
+        raise ConfigError(f"reuse_pilot: true (deprecated alias of pilot: reuse) conflicts with pilot: {cfg.pilot}; drop reuse_pilot")
     if not math.isfinite(cfg.beta) or cfg.beta < 1:
         raise ConfigError(f"beta must be >= 1 (the paper uses 2), got {cfg.beta}")
     if cfg.top_p > 1:
@@ -300,6 +324,11 @@ def validate(cfg: Config) -> Config:
             "old_logprobs=behaviour needs backend=hf, temperature=1 and top_p=1 (the sampler records the "
             "log-probs of the distribution it samples from); use old_logprobs=recompute"
         )
+    if not 0 < cfg.vllm_gpu_memory_utilization < 1:
+        raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.vllm_gpu_memory_utilization}")
+    if cfg.backend == "vllm" and not cfg.lora:
+        raise ConfigError("backend=vllm needs lora=true: the trained adapter reaches vLLM as a LoRA request each "
+                          "iteration (full fine-tuning would need a weight sync, which gvm-mini does not do)")
     if cfg.epsilon_high < cfg.epsilon:
         raise ConfigError(
             f"epsilon_high ({cfg.epsilon_high}) must be >= epsilon ({cfg.epsilon}): clip-higher widens "
@@ -338,8 +367,8 @@ def validate(cfg: Config) -> Config:
     if not cfg.task_ops or set(cfg.task_ops) - set("+-*"):
         raise ConfigError(f"task_ops must be a non-empty string of + - *, got {cfg.task_ops!r}")
     ds = cfg.dataset
-    if not (ds in ("arithmetic", "champ") or ds.startswith("jsonl:") or ds.startswith("hub:")):
-        raise ConfigError(f"dataset must be arithmetic, champ, jsonl:PATH or hub:NAME, got {ds!r}")
+    if not (ds in ("arithmetic", "rules", "champ") or ds.startswith("jsonl:") or ds.startswith("hub:")):
+        raise ConfigError(f"dataset must be arithmetic, rules, champ, jsonl:PATH or hub:NAME, got {ds!r}")
     if ds.startswith("jsonl:") and not Path(ds[6:]).is_file():
         raise ConfigError(f"dataset file not found: {ds[6:]}")
     if cfg.eval_dataset and cfg.eval_dataset.startswith("jsonl:") and not Path(cfg.eval_dataset[6:]).is_file():

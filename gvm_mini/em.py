@@ -15,21 +15,25 @@ One iteration ``t`` (METHOD.md §2, §4, §13)::
 
 The uniform baselines (RAFT, RAFT++, GRPO with n_i = samples_per_prompt) are the same loop with
 ``allocation="uniform"``, which skips the pilot. Compute is counted honestly: generated tokens and
-samples include the pilots, and wall time is recorded per phase.
+samples include the pilots, and wall time is recorded per phase. What the run directory holds and
+how it survives a kill (atomic writes, checkpoints without pickle, logs, resume) is ``rundir.py``.
+
+Beyond the paper (issue 12; the paper's behaviour is the default of each): ``allocation`` may be
+``gvm_tokens`` (token-budget Proposition 1 with ``c_i`` = pilot mean completion length and the token
+budget ``N * mean_i(c_i)``) or ``knapsack`` (Knapsack-RL); ``estimator: bayes`` shrinks ``p_i`` to an
+empirical-Bayes Beta posterior mean and pools ``G_i`` (``gvm_mini.estimators``); ``pilot: reuse`` trains
+on the pilots, ``pilot: history`` takes a seen prompt's estimates from its last visit instead of a new
+pilot (kept in the checkpoint's ``state.json``); ``prompt_weighting: prompt | lemma1`` re-weights the
+M-step per prompt (``gvm_mini.losses.prompt_weights``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import random
-import shutil
-import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,50 +41,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import allocation as alloc
-from .config import Config, ConfigError, save_config
-from .rollout import Rollout, sample_hf, to_batch
+from . import estimators
+from .config import Config, ConfigError
+from .rollout import Rollout, plan_micro_batches, sample_hf, to_batch
+from . import rundir  # the run directory's bookkeeping: atomic writes, checkpoints, logs, resume
+from .rundir import RunState  # what survives a restart (re-exported)
+from .rundir import crash_point as _crash_point  # test hook: GVM_MINI_CRASH_AT=name[:k]
 
-__all__ = ["run", "RunState", "load_problems", "build_policy", "iteration_prompt_indices"]
-
-PHASES = ("pilot", "gradnorm", "allocate", "rollout", "reward", "update", "eval", "checkpoint")
-
-
-@dataclass
-class RunState:
-    """What survives a restart: the loop position and the cumulative compute counters."""
-
-    iteration: int = 0  # iterations completed
-    global_step: int = 0  # M-steps completed
-    updates: int = 0  # optimizer updates completed
-    samples: int = 0  # generated samples, pilots included (eval excluded)
-    tokens: int = 0  # generated completion tokens, pilots included (eval excluded)
-    pilot_samples: int = 0
-    pilot_tokens: int = 0
-    wall: dict = field(default_factory=lambda: {p: 0.0 for p in PHASES})
-    metrics_bytes: int = 0  # length of metrics.jsonl / allocations.jsonl at the last checkpoint
-    allocations_bytes: int = 0
-
-
-# ---------------------------------------------------------------------------------------------
-# test hook: kill the process at a named point (tests/test_resume.py)
-# ---------------------------------------------------------------------------------------------
-
-_crash_counts: dict[str, int] = {}
-
-
-def _crash_point(name: str) -> None:
-    """Test hook, not a user feature: if the environment variable ``GVM_MINI_CRASH_AT`` is ``name``
-    (or ``name:k``), the process SIGKILLs itself the first (k-th) time it reaches ``name``. The
-    crash-safety tests use it to kill a run in a precise phase; unset, it costs one dict lookup."""
-    want = os.environ.get("GVM_MINI_CRASH_AT")
-    if not want:
-        return
-    target, _, k = want.partition(":")
-    if target != name:
-        return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] == int(k or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+__all__ = ["run", "RunState", "load_problems", "build_policy", "iteration_prompt_indices", "estimate_p_G", "m_step",
+           "phase_seed", "prompt_texts", "sample", "score"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +98,9 @@ def load_problems(cfg: Config):
             max_operands=cfg.task_max_operands, max_digits=cfg.task_max_digits, ops=tuple(cfg.task_ops),
         )
         train, test = problems[: cfg.train_size], problems[cfg.train_size :]
+    elif ds == "rules":  # the demo's task: test_size held-out prompts spread evenly over the families
+        train, test = data.rule_problems(cfg.test_size // len(data.RULE_FAMILIES), seed=cfg.data_seed)
+        train = train[: cfg.train_size]
     else:
         problems = _load_spec(ds)
         if cfg.eval_dataset:
@@ -162,9 +134,9 @@ def check_model_request(cfg: Config) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("backend=vllm needs the vLLM GPU extra, which is not installed: "
                               "pip install 'gvm-mini[vllm]' (and a CUDA GPU); or use backend=hf")
-        if not torch.cuda.is_available():
-            raise ConfigError("backend=vllm needs a CUDA GPU, but torch sees none; use backend=hf")
-        raise ConfigError("backend=vllm is driven by the vLLM engine; see README 'GPU' (not available in this loop yet)")
+        if not torch.cuda.is_available() or dev.type != "cuda":
+            raise ConfigError("backend=vllm needs a CUDA GPU and device=cuda (the engine is colocated with the "
+                              "trainer); use backend=hf")
     if cfg.load_in_4bit:
         models.check_4bit_available(cfg.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -227,8 +199,14 @@ def _prompt_texts(cfg: Config, tokenizer, problems) -> list[str]:
 
 
 def _sample(cfg: Config, model, tokenizer, prompts, counts, seed, desc, temperature=None) -> Rollout:
-    if cfg.backend == "vllm":  # pragma: no cover - GPU extra
-        raise ConfigError("backend=vllm is driven by the vLLM engine; see README 'GPU' (not available in this loop yet)")
+    if cfg.backend == "vllm":  # one colocated engine; the current LoRA adapter as a LoRARequest (no merge)
+        from .rollout import sample_vllm_policy, vllm_engine
+
+        return sample_vllm_policy(
+            vllm_engine(cfg), model, tokenizer, prompts, counts,
+            temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
+            max_new_tokens=cfg.max_completion_length, seed=seed, progress=cfg.progress,
+        )
     return sample_hf(
         model, tokenizer, prompts, counts,
         temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
@@ -297,11 +275,31 @@ def _swapped(params: list[torch.nn.Parameter], values: list[torch.Tensor] | None
 
 
 def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray, pad_id: int,
-           ref_values, seed: int) -> dict:
+           ref_values, seed: int, *, prompt_p=None) -> dict:
     """One M-step: one epoch of mini-batch updates over the step's samples. Returns its metrics.
+
+    ``cfg.prompt_weighting`` other than ``tokens`` re-weights each sample's policy loss by
+    :func:`gvm_mini.losses.prompt_weights` (``prompt``: Algorithm 1's ``1/|D_i|``; ``lemma1``:
+    ``1/(n_i p_i)`` with ``p_i = prompt_p[prompt_index]``, the estimate the allocation used), applied
+    as a per-sample factor on the advantage relative to the step's token mean (exact when the step is
+    one mini-batch; otherwise each mini-batch keeps its own normaliser, as verl does), scaled by one
+    constant per M-step so that the counted samples carry the same total weight as under ``tokens``
+    (same direction as Algorithm 1's / Lemma 1's gradient, comparable step size; Algorithm 1 sums
+    log-probs over a sequence, which would otherwise multiply the loss by the mean length). The KL term
+    is not re-weighted.
 
     old log-probs (and the KL reference's) are computed once, before the first update, as verl does.
     A non-finite loss or gradient skips that update (the weights never see a NaN) and is counted.
+
+    No compute on padding or repeated prompts where it can be avoided: the samples of a mini-batch (a
+    seeded random subset, as before) are cut into micro-batches of ``micro_batch_size`` (unset: the few
+    that minimise tokens processed, :func:`gvm_mini.rollout.plan_micro_batches`), either length buckets
+    padded only to their own longest sequence or pieces that encode each distinct prompt once and
+    its samples' completions against its cache; the gradient is the same sum in another order (equal
+    up to float rounding). With ``old_logprobs="recompute"`` the first mini-batch's
+    pi_old is the update's own forward pass, detached (no update has happened yet, so it is the same
+    number; only for dropout-free models), which saves one forward pass per M-step and all of them
+    when the M-step is a single mini-batch (TRL does the same on-policy).
     """
     from . import losses
 
@@ -314,54 +312,95 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
         adv = losses.grpo_advantages(r, groups, scale="std" if cfg.grpo_scale_std else "none")
     else:
         adv = accepted
+    if cfg.prompt_weighting != "tokens":
+        lengths = torch.tensor([len(c) for c in rollout.completion_ids], dtype=torch.float64)
+        counted = torch.ones(S) if cfg.algorithm == "grpo" else accepted  # D_i: the samples that carry signal
+        w = losses.prompt_weights(rollout.prompt_index, counted, lengths, cfg.prompt_weighting, p=prompt_p)
+        base = lengths.sum() if cfg.loss_type == "token_mean" else S * lengths  # today's weight -> w_s
+        mult = w * base
+        # one constant per M-step so that the counted samples carry the same total weight as under
+        # `tokens`: the direction is Algorithm 1's / Lemma 1's, the step size stays comparable
+        cnt = counted.to(torch.float64)
+        share = lengths if cfg.loss_type == "token_mean" else torch.ones_like(lengths)  # each sample's mass today
+        mass = float((cnt * mult * share).sum())
+        mult = mult * (float((cnt * share).sum()) / mass if mass > 0 else 1.0)
+        adv = adv * mult.float()
     stats = {"zero_signal_frac": losses.zero_signal_fraction(r, groups), "loss": [], "pg_loss": [], "kl": [],
              "clip_frac": [], "grad_norm": [], "skipped_updates": 0, "updates": 0}
     trainable = [p for p in model.parameters() if p.requires_grad]
     use_kl = cfg.kl_coef > 0
     chunks = [list(range(s, min(s + cfg.mini_batch_size, S))) for s in range(0, S, cfg.mini_batch_size)]
+    perm = np.random.default_rng(seed).permutation(S)
+    chunks = [perm[c].tolist() for c in chunks]
+    # micro-batches (rollout.plan_micro_batches): each mini-batch cut into pieces of at most
+    # micro_batch_size (unset: the few pieces that minimise tokens processed), either length buckets
+    # padded to their own width, or, when several samples share a prompt, pieces that encode each
+    # distinct prompt once (losses.token_logprobs_shared_prompts; not under gradient checkpointing,
+    # where HF layers drop the cache). Tensors are built once and reused by every forward pass below.
+    share = not any(getattr(mod, "gradient_checkpointing", False) is True for mod in model.modules())
+    micros = []
+    for c in chunks:
+        plan = plan_micro_batches([rollout.prompt_ids[i] for i in c], [rollout.completion_ids[i] for i in c],
+                                  cfg.micro_batch_size, share_prompts=share)
+        micros.append([([c[k] for k in b], shared) for b, shared in plan])
+        micros[-1] = [(rows, to_batch(rollout, pad_id, rows), shared) for rows, shared in micros[-1]]
+
+    def logprobs(rows, ids, attn, shared):
+        if shared:
+            return losses.token_logprobs_shared_prompts(
+                model, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], ids.shape[1])
+        return losses.token_logprobs(model, ids, attn)
     # behaviour (old) and reference log-probs, before any update. old_logprobs="behaviour" takes the
     # log-probs the sampler recorded (exact for HF sampling at temperature 1, top_p 1: the samples were
     # drawn by this very policy just before the M-step), which saves a forward pass over every sample.
-    old, ref = [None] * len(chunks), [None] * len(chunks)
-    perm = np.random.default_rng(seed).permutation(S)
-    chunks = [perm[c].tolist() for c in chunks]
+    # ... and with recompute, the first mini-batch's pi_old is its own update forward (detached) when
+    # nothing in the model drops anything in train mode (then train and eval forwards are the same)
+    conf = getattr(model, "config", None)
+    dropout_free = not any(isinstance(mod, torch.nn.Dropout) and mod.p > 0 for mod in model.modules()) and not any(
+        float(getattr(conf, k, 0.0) or 0.0) > 0 for k in ("attention_dropout", "hidden_dropout", "dropout"))
+    share_first = cfg.algorithm != "raft" and cfg.old_logprobs == "recompute" and dropout_free
+    old = [[None] * len(m) for m in micros]
+    ref = [[None] * len(m) for m in micros]
     model.eval()  # no dropout in the forward passes that define the losses (tiny models have none)
     with torch.no_grad():
-        for j, c in enumerate(chunks):
-            ids, attn, cmask, blogp = to_batch(rollout, pad_id, c)
-            ids, attn = ids.to(dev), attn.to(dev)
-            if cfg.algorithm != "raft" and cfg.old_logprobs == "behaviour":
-                old[j] = blogp.to(dev)
-            elif cfg.algorithm != "raft":
-                old[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
-            if use_kl:
-                if cfg.kl_reference == "initial" and cfg.lora:
-                    from .models import reference_logits_context
+        for j, mb in enumerate(micros):
+            for k, (rows, (ids, attn, cmask, blogp), shared) in enumerate(mb):
+                ids, attn = ids.to(dev), attn.to(dev)
+                if cfg.algorithm != "raft" and cfg.old_logprobs == "behaviour":
+                    old[j][k] = blogp.to(dev)
+                elif cfg.algorithm != "raft" and not (share_first and j == 0):
+                    old[j][k] = logprobs(rows, ids, attn, shared)
+                if use_kl:
+                    if cfg.kl_reference == "initial" and cfg.lora:
+                        from .models import reference_logits_context
 
-                    with reference_logits_context(model):
-                        ref[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
-                else:
-                    with _swapped(trainable, ref_values):
-                        ref[j] = losses.token_logprobs(model, ids, attn, chunk_size=cfg.micro_batch_size)
+                        with reference_logits_context(model):
+                            ref[j][k] = logprobs(rows, ids, attn, shared)
+                    else:
+                        with _swapped(trainable, ref_values):
+                            ref[j][k] = logprobs(rows, ids, attn, shared)
     model.train()  # LoRA dropout (if any) is on for the update itself
-    micro = cfg.micro_batch_size or cfg.mini_batch_size
-    for j, c in enumerate(chunks):
+    for j, (c, mb) in enumerate(zip(chunks, micros)):
         # gradient accumulation over micro-batches; each micro loss is weighted by its share of the
         # mini-batch's tokens (token_mean) or sequences (seq_mean_token_mean), so the accumulated
         # gradient equals that of the whole mini-batch in one piece.
-        ids_all, attn_all, cmask_all, _ = to_batch(rollout, pad_id, c)
-        unit = cmask_all.sum() if cfg.loss_type == "token_mean" else (cmask_all.sum(-1) > 0).sum()
+        cm_all = [b[2] for _, b, _ in mb]
+        unit = (sum(x.sum() for x in cm_all) if cfg.loss_type == "token_mean"
+                else sum((x.sum(-1) > 0).sum() for x in cm_all))
+        unit = torch.as_tensor(unit, dtype=torch.float32)
         optimizer.zero_grad(set_to_none=True)
         acc_loss, acc_st, ok = 0.0, {}, True
-        for s0 in range(0, len(c), micro):
-            sl = slice(s0, s0 + micro)
-            ids, attn, cmask = ids_all[sl].to(dev), attn_all[sl].to(dev), cmask_all[sl].to(dev)
-            share = (cmask.sum() if cfg.loss_type == "token_mean" else (cmask.sum(-1) > 0).sum()) / unit.clamp_min(1)
-            logp = losses.token_logprobs(model, ids, attn)
+        for k, (rows, (ids, attn, cmask, _), shared) in enumerate(mb):
+            ids, attn, cmask = ids.to(dev), attn.to(dev), cmask.to(dev)
+            share = (cmask.sum() if cfg.loss_type == "token_mean" else (cmask.sum(-1) > 0).sum()) / unit.clamp_min(1).to(dev)
+            logp = logprobs(rows, ids, attn, shared)
+            old_k = old[j][k]
+            if old_k is None and share_first and j == 0:
+                old_k = logp.detach()  # the weights have not moved yet: pi_old = pi_theta, same forward
             loss, st = losses.policy_objective(
-                logp, None if old[j] is None else old[j][sl], adv[c][sl].to(dev), cmask,
+                logp, old_k, adv[rows].to(dev), cmask,
                 epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
-                kl_coef=cfg.kl_coef if use_kl else 0.0, ref_logp=None if ref[j] is None else ref[j][sl],
+                kl_coef=cfg.kl_coef if use_kl else 0.0, ref_logp=ref[j][k],
                 policy_loss="vanilla" if cfg.algorithm == "raft" else "clip",
             )
             if not torch.isfinite(loss):
@@ -369,8 +408,8 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
                 break
             (loss * share.to(loss.device)).backward()
             acc_loss += float(loss.detach()) * float(share)
-            for k in ("pg_loss", "kl", "clip_frac"):
-                acc_st[k] = acc_st.get(k, 0.0) + float(st.get(k, loss if k == "pg_loss" else 0.0)) * float(share)
+            for key in ("pg_loss", "kl", "clip_frac"):
+                acc_st[key] = acc_st.get(key, 0.0) + float(st.get(key, loss if key == "pg_loss" else 0.0)) * float(share)
         if not ok:
             optimizer.zero_grad(set_to_none=True)
             stats["skipped_updates"] += 1
@@ -385,11 +424,11 @@ def m_step(cfg: Config, model, optimizer, rollout: Rollout, rewards: np.ndarray,
         stats["updates"] += 1
         stats["loss"].append(acc_loss)
         stats["grad_norm"].append(float(gn))
-        for k in ("pg_loss", "kl", "clip_frac"):
-            stats[k].append(acc_st[k])
+        for key in ("pg_loss", "kl", "clip_frac"):
+            stats[key].append(acc_st[key])
     optimizer.zero_grad(set_to_none=True)
-    for k in ("loss", "pg_loss", "kl", "clip_frac", "grad_norm"):
-        stats[k] = float(np.mean(stats[k])) if stats[k] else None
+    for key in ("loss", "pg_loss", "kl", "clip_frac", "grad_norm"):
+        stats[key] = float(np.mean(stats[key])) if stats[key] else None
     return stats
 
 
@@ -398,124 +437,6 @@ def _make_optimizer(cfg: Config, model):
     if not params:
         raise ConfigError("the model has no trainable parameters")
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-
-# ---------------------------------------------------------------------------------------------
-# run directory: metrics, checkpoints (atomic), resume
-# ---------------------------------------------------------------------------------------------
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint(out: Path, model, optimizer, state: RunState) -> None:
-    """Write ``out/checkpoint`` atomically: build ``.checkpoint.tmp``, fsync, then rename over the
-    old one (kept as ``.checkpoint.old`` until the new one is in place). A kill at any point leaves
-    either the old or the new checkpoint complete, never a torn one."""
-    tmp, final, old = out / ".checkpoint.tmp", out / "checkpoint", out / ".checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    payload = {
-        "state": asdict(state),
-        "trainable": trainable,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-    }
-    torch.save(payload, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb+") as f:
-        os.fsync(f.fileno())
-    (tmp / "COMPLETE").write_text(json.dumps({"iteration": state.iteration}))
-    _fsync_dir(tmp)
-    _crash_point("checkpoint_written")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    _crash_point("checkpoint_renamed")
-    os.rename(tmp, final)
-    _fsync_dir(out)
-    _crash_point("checkpoint_replaced")
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _find_checkpoint(out: Path) -> Path | None:
-    for cand in (out / "checkpoint", out / ".checkpoint.old"):
-        if (cand / "COMPLETE").is_file() and (cand / "state.pt").is_file():
-            return cand
-    return None
-
-
-def load_checkpoint(out: Path, model, optimizer) -> RunState | None:
-    ck = _find_checkpoint(out)
-    if ck is None:
-        return None
-    payload = torch.load(ck / "state.pt", weights_only=False)
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in payload["trainable"].items():
-            named[n].copy_(t.to(named[n].device))
-    if payload["optimizer"] is not None and optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    rng = payload["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    return RunState(**payload["state"])
-
-
-def _truncate(path: Path, size: int) -> None:
-    """Drop whatever an interrupted iteration appended after the last checkpoint."""
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+") as f:
-            f.truncate(size)
-
-
-def prepare_out_dir(cfg: Config, out: Path, resume: bool) -> None:
-    """Refuse an output directory that holds a different run (or the same one without --resume)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    existing = out / "config.yaml"
-    if existing.exists():
-        import yaml
-
-        try:
-            old = yaml.safe_load(existing.read_text()) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{out} holds a config.yaml that cannot be read; choose another --out") from None
-        mine = asdict(cfg)
-        ignore = {"iterations", "token_budget", "progress"}  # may be raised on resume / changed freely
-        diff = sorted(k for k in set(old) | set(mine) if k not in ignore and old.get(k) != mine.get(k))
-        if diff:
-            raise ConfigError(f"{out} holds a different run (differs in: {', '.join(diff[:5])}); choose another --out")
-        if not resume and (out / "metrics.jsonl").exists():
-            raise ConfigError(f"{out} already holds this run; add --resume to continue it, or choose another --out")
-    elif resume and any(out.iterdir()):
-        raise ConfigError(f"--resume: {out} has no config.yaml, so it is not a gvm-mini run directory")
-    save_config(cfg, existing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,10 +457,11 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     out = Path(out)
     # user errors first, before the run directory is written and before any model loads
     verifier = get_verifier(cfg.verifier)
+    rundir.check_report_to(cfg.report_to)
     if model is None:
         check_model_request(cfg)
     train, test = problems if problems is not None else load_problems(cfg)
-    prepare_out_dir(cfg, out, resume)
+    rundir.prepare_out_dir(cfg, out, resume)
     _seed_all(_phase_seed(cfg.seed, "init"))
     if model is None:
         model, tokenizer = build_policy(cfg)
@@ -550,22 +472,12 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     initial_values = None
     if cfg.kl_coef > 0 and cfg.kl_reference == "initial" and not cfg.lora:
         initial_values = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    metrics_path, alloc_path = out / "metrics.jsonl", out / "allocations.jsonl"
-    state = load_checkpoint(out, model, optimizer) if resume else None
-    if state is None:
-        state = RunState()
-        for p in (metrics_path, alloc_path):
-            p.unlink(missing_ok=True)
-    _truncate(metrics_path, state.metrics_bytes)
-    _truncate(alloc_path, state.allocations_bytes)
+    state = rundir.resume_state(out, model, optimizer, resume)  # checkpoint restored, logs truncated to it
+    metrics = rundir.MetricsLog(out, cfg.report_to, purge_step=state.global_step if resume else None)
     test_texts = _prompt_texts(cfg, tokenizer, test) if test else []
 
     def log(record: dict) -> None:
-        base = {"iteration": state.iteration, "global_step": state.global_step, "updates": state.updates,
-                "samples": state.samples, "tokens": state.tokens, "pilot_samples": state.pilot_samples,
-                "pilot_tokens": state.pilot_tokens, "wall": dict(state.wall), "wall_total": sum(state.wall.values()),
-                "wall_train": sum(v for k, v in state.wall.items() if k not in ("eval", "checkpoint"))}
-        _append(metrics_path, {**record, **base})
+        metrics.write(record, state)  # + cumulative samples, tokens (pilots included), wall time per phase
 
     def evaluate() -> None:
         if not test or not cfg.eval_every:
@@ -577,6 +489,10 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             batch_size=cfg.sample_batch_size, seed=_phase_seed(cfg.seed, "eval"), progress=cfg.progress,  # the same draws every time: common random numbers
         )
         state.wall["eval"] += time.perf_counter() - t0
+        families = [pb.meta.get("family") for pb in test]
+        if all(f is not None for f in families):  # per-family Average@k (the demo's rule task)
+            per = np.asarray(res["per_problem"])
+            res["by_family"] = {f: float(per[[g == f for g in families]].mean()) for f in sorted(set(families))}
         log({"kind": "eval", **res})
 
     if state.iteration == 0 and state.global_step == 0:
@@ -602,21 +518,38 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         it_rec: dict = {"kind": "iteration", "iteration_index": t, "prompts": m, "budget": budget}
 
         # ---- E-step: pilot -> (p_i, G_i) -> allocation ----
-        pilot = None
+        # pilot: fresh/reuse draw N' pilots for every prompt; history only for the prompts without a
+        # record of >= N' samples from an earlier visit (gvm_mini.estimators.history_lookup)
+        pilot, cost = None, None
+        known = np.zeros(m, dtype=bool)
+        it_k, it_n, it_tok = np.zeros(m), np.zeros(m), np.zeros(m)  # this visit's samples, for the history
         if cfg.uses_pilot:
-            _crash_point("pilot")
-            t0 = time.perf_counter()
-            pilot = _sample(cfg, model, tokenizer, texts, [cfg.num_pilot] * m, _phase_seed(cfg.seed, "pilot", t), "pilot")
-            state.wall["pilot"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            pilot_rewards = _score(pilot, probs, verifier)
-            state.wall["reward"] += time.perf_counter() - t0
-            state.samples += len(pilot); state.tokens += pilot.num_tokens
-            state.pilot_samples += len(pilot); state.pilot_tokens += pilot.num_tokens
-            _crash_point("gradnorm")
-            t0 = time.perf_counter()
-            p, G = estimate_p_G(cfg, model, tokenizer, pilot, pilot_rewards, m)
-            state.wall["gradnorm"] += time.perf_counter() - t0
+            k_cnt, n_cnt, tok, G_raw = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
+            if cfg.pilot_mode == "history":
+                known, k_cnt, n_cnt, tok, G_raw = estimators.history_lookup(state.history, idx, cfg.num_pilot)
+            need = np.flatnonzero(~known)
+            if need.size:
+                _crash_point("pilot")
+                t0 = time.perf_counter()
+                pilot = _sample(cfg, model, tokenizer, [texts[i] for i in need], [cfg.num_pilot] * need.size,
+                                _phase_seed(cfg.seed, "pilot", t), "pilot")
+                pilot.prompt_index = need[pilot.prompt_index]  # iteration-local prompt index (identity unless history)
+                state.wall["pilot"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                pilot_rewards = _score(pilot, probs, verifier)
+                state.wall["reward"] += time.perf_counter() - t0
+                state.samples += len(pilot); state.tokens += pilot.num_tokens
+                state.pilot_samples += len(pilot); state.pilot_tokens += pilot.num_tokens
+                _crash_point("gradnorm")
+                t0 = time.perf_counter()
+                _, G_new = estimate_p_G(cfg, model, tokenizer, pilot, pilot_rewards, m)
+                state.wall["gradnorm"] += time.perf_counter() - t0
+                pk, pn, ptok = estimators.counts_by_prompt(pilot.prompt_index, pilot_rewards > 0.5,
+                                                           [len(c) for c in pilot.completion_ids], m)
+                k_cnt[need], n_cnt[need], tok[need], G_raw[need] = pk[need], pn[need], ptok[need], G_new[need]
+                it_k, it_n, it_tok = pk.copy(), pn.copy(), ptok.copy()
+            p, G = estimators.iteration_estimates(k_cnt, n_cnt, G_raw, known, estimator=cfg.estimator)
+            cost = np.maximum(tok / np.maximum(n_cnt, 1), 1.0)  # c_i: mean completion tokens per sample
         else:
             p, G = np.full(m, np.nan), np.full(m, np.nan)
         _crash_point("allocate")
@@ -625,14 +558,18 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", alloc.AllocationFallbackWarning)
             n = rule(np.nan_to_num(p), np.nan_to_num(G), budget, alpha=cfg.alpha, beta=cfg.beta,
-                     min_per_prompt=cfg.min_per_prompt, max_per_prompt=cfg.max_per_prompt)
+                     min_per_prompt=cfg.min_per_prompt, max_per_prompt=cfg.max_per_prompt,
+                     **({"cost": cost} if cfg.allocation in alloc.COST_AWARE else {}))
+        if cost is not None:
+            it_rec.update(history_prompts=int(known.sum()), expected_tokens=float(n @ cost),
+                          uniform_expected_tokens=float(budget * cost.mean()))
         if cfg.algorithm == "grpo" and cfg.grpo_group_size:
             g = cfg.grpo_group_size
             n = ((n + g - 1) // g) * g  # paper App. B: ceil(n_i / 4) copies x 4 rollouts
         fallback = any(issubclass(w.category, alloc.AllocationFallbackWarning) for w in caught)
         state.wall["allocate"] += time.perf_counter() - t0
         it_rec.update(fallback_uniform=fallback, n_hist=np.bincount(n).tolist(), dropped_prompts=int((n == 0).sum()),
-                      mean_p=None if pilot is None else float(p.mean()))
+                      mean_p=None if not cfg.uses_pilot else float(p.mean()))
 
         # ---- M-steps ----
         step_p = np.full(m, np.nan)
@@ -641,7 +578,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             counts = n[sl].copy()
             parts = []
             reused = 0
-            if cfg.reuse_pilot and pilot is not None:
+            if cfg.pilot_mode == "reuse" and pilot is not None:
                 for local, i in enumerate(sl):
                     mine = np.flatnonzero(pilot.prompt_index == i)[: counts[local]]
                     part = pilot.select(mine)
@@ -662,11 +599,15 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             acc = np.bincount(batch.prompt_index, weights=(rewards > 0.5).astype(float), minlength=len(sl))
             tot = np.bincount(batch.prompt_index, minlength=len(sl))
             step_p[sl] = np.where(tot > 0, acc / np.maximum(tot, 1), np.nan)
+            fk, fn, ftok = estimators.counts_by_prompt(  # fresh samples only (reused pilots are counted already)
+                fresh.prompt_index, rewards[len(batch) - len(fresh):] > 0.5, [len(c) for c in fresh.completion_ids], len(sl))
+            it_k[sl] += fk; it_n[sl] += fn; it_tok[sl] += ftok
             _crash_point("update")
             t0 = time.perf_counter()
             if len(batch):
                 model.train()
-                st = m_step(cfg, model, optimizer, batch, rewards, pad_id, ref_values, _phase_seed(cfg.seed, "minibatch", t, r))
+                st = m_step(cfg, model, optimizer, batch, rewards, pad_id, ref_values, _phase_seed(cfg.seed, "minibatch", t, r),
+                            prompt_p=p[sl] if cfg.uses_pilot else None)
             else:
                 st = {"updates": 0, "skipped_updates": 0, "zero_signal_frac": 1.0}
             state.wall["update"] += time.perf_counter() - t0
@@ -675,27 +616,40 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             log({"kind": "step", "step_in_iteration": r, "step_samples": len(batch), "step_tokens": batch.num_tokens,
                  "pilot_reused": reused,
                  "accepted": int((rewards > 0.5).sum()), "reward_mean": float(rewards.mean()) if len(rewards) else None,
-                 "truncated_frac": float(batch.truncated.mean()) if len(batch) else None, **st})
+                 "truncated_frac": float(batch.truncated.mean()) if len(batch) else None,
+                 # accepted samples cut at max_completion_length: RAFT trains on them without their end token
+                 "accepted_truncated": int(((rewards > 0.5) & batch.truncated).sum()), **st})
             _crash_point("step_logged")
+            if budget_spent():  # stop at M-step granularity: overshoot is at most one M-step's tokens
+                break
 
         # ---- evaluate, record, checkpoint ----
+        if cfg.uses_pilot and cfg.pilot_mode == "history":  # JSON in the checkpoint's state.json: survives a resume
+            estimators.history_update(state.history, idx, it_k, it_n, it_tok, G_raw, t)
         state.iteration += 1
-        _append(alloc_path, {"iteration": t, "prompt_ids": idx.tolist(), "p": p, "G": G, "n": n,
-                             "step_acceptance": step_p,
-                             "difficulty": [pb.meta.get("difficulty") for pb in probs]})
+        alloc_rec = {"iteration": t, "prompt_ids": idx.tolist(), "p": p, "G": G, "n": n, "step_acceptance": step_p,
+                     **({} if cost is None else {"cost": cost}),
+                     "difficulty": [pb.meta.get("difficulty") for pb in probs]}
+        metrics.allocation(alloc_rec, state.global_step)
         log(it_rec)
         if cfg.eval_every and (state.iteration % cfg.eval_every == 0 or state.iteration == cfg.iterations or budget_spent()):
             _crash_point("eval")
             evaluate()
         _crash_point("checkpoint")
         t0 = time.perf_counter()
-        state.metrics_bytes = metrics_path.stat().st_size
-        state.allocations_bytes = alloc_path.stat().st_size
-        save_checkpoint(out, model, None if cfg.reset_optimizer else optimizer, state)
+        rundir.record_checkpoint(out, model, None if cfg.reset_optimizer else optimizer, state)
         state.wall["checkpoint"] += time.perf_counter() - t0  # shows in the next records (not in this checkpoint)
         bar.update(1)
     bar.close()
+    metrics.close()
     if cfg.save_weights and cfg.lora:
-        with contextlib.suppress(Exception):
-            model.save_pretrained(out / "adapter")
+        rundir.save_adapter(out, model)  # atomic directory swap
     return state
+
+
+# public names of the loop's pieces, for tutorials and experiments that step through one iteration by
+# hand (notebook 03) with exactly the seeds and calls `run` uses
+phase_seed = _phase_seed
+prompt_texts = _prompt_texts
+sample = _sample
+score = _score

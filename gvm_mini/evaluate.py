@@ -153,8 +153,9 @@ def evaluate_policy(
 
     The official evaluation (METHOD.md §9.9) is ``k=8`` at temperature 1.0 (0.7 for 7B models),
     3072 new tokens, Math-Verify. Returns ``avg_at_k``, ``pass_at_k``, ``pass_at_1``, ``k``,
-    ``problems``, ``eval_tokens`` (generated tokens), ``truncated_frac`` and ``per_problem``
-    (mean score of each problem).
+    ``problems``, ``eval_tokens`` (generated tokens), ``truncated_frac``, ``per_problem``
+    (mean score of each problem) and ``per_draw`` (the accuracy of the j-th sample of every problem,
+    j < k: their mean is Average@k, their spread is the spread over evaluation draws).
     """
     from gvm_mini.rollout import sample_hf
 
@@ -182,4 +183,5 @@ def evaluate_policy(
         "eval_tokens": r.num_tokens,
         "truncated_frac": float(r.truncated.mean()) if len(r) else 0.0,
         "per_problem": scores.mean(axis=1).round(4).tolist(),
+        "per_draw": scores.mean(axis=0).round(4).tolist(),  # accuracy of draw j over all problems: the spread over evaluation draws
     }

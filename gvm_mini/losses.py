@@ -34,6 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "LOSS_TYPES",
     "token_logprobs",
+    "token_logprobs_shared_prompts",
     "position_ids_from_mask",
     "masked_token_mean",
     "seq_mean_token_mean",
@@ -46,6 +47,8 @@ __all__ = [
     "zero_signal_fraction",
     "k3_kl",
     "policy_objective",
+    "PROMPT_WEIGHTINGS",
+    "prompt_weights",
 ]
 
 LOSS_TYPES = ("token_mean", "seq_mean_token_mean")
@@ -98,6 +101,64 @@ def token_logprobs(
         lp = torch.where(has_ctx, lp, torch.zeros_like(lp))
         outs.append(F.pad(lp, (1, 0)))  # position 0 has no prediction
     return torch.cat(outs, dim=0)
+
+
+def token_logprobs_shared_prompts(
+    model,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    width: int,
+) -> torch.Tensor:
+    """:func:`token_logprobs` of ``prompt + completion`` rows, laid out as a right-padded ``[S, width]``
+    batch (completion token ``j`` of row ``s`` at column ``len(prompt_s) + j``, 0 elsewhere), with
+    each distinct prompt encoded once: one left-padded forward pass over the distinct prompts keeps
+    their KV cache (with gradients), its rows are repeated for the samples of each prompt, and one
+    forward pass over the completions attends to it. The same numbers as the plain forward up to
+    float rounding, for ``n_i`` samples per prompt at about ``1/n_i`` of the prompt tokens' compute.
+    Temperature 1. Needs a model that honours ``past_key_values`` (not under gradient checkpointing in
+    train mode, where HF layers drop the cache).
+    """
+    device = next(model.parameters()).device
+    S = len(prompt_ids)
+    keys, inverse = {}, []
+    for p in prompt_ids:
+        inverse.append(keys.setdefault(tuple(p), len(keys)))
+    uniq = list(keys)
+    U, Wp = len(uniq), max(len(p) for p in uniq)
+    ids_p = torch.zeros((U, Wp), dtype=torch.long)
+    am_p = torch.zeros((U, Wp), dtype=torch.long)
+    for r, p in enumerate(uniq):
+        ids_p[r, Wp - len(p) :] = torch.tensor(p, dtype=torch.long)
+        am_p[r, Wp - len(p) :] = 1
+    ids_p, am_p = ids_p.to(device), am_p.to(device)
+    out = model(input_ids=ids_p, attention_mask=am_p, position_ids=position_ids_from_mask(am_p), use_cache=True,
+                logits_to_keep=1)
+    cache = out.past_key_values
+    if cache is None:
+        raise RuntimeError("the model returned no KV cache; use token_logprobs (gradient checkpointing in train mode?)")
+    idx = torch.tensor(inverse, dtype=torch.long, device=device)
+    cache.reorder_cache(idx)
+    first = out.logits[:, -1].index_select(0, idx)  # predicts each row's first completion token
+    Wc = max((len(c) for c in completion_ids), default=0)
+    if Wc == 0:
+        return torch.zeros((S, width), device=device) + first.sum() * 0.0  # keeps the graph
+    ids_c = torch.zeros((S, Wc), dtype=torch.long)
+    am_c = torch.zeros((S, Wc), dtype=torch.long)
+    for r, c in enumerate(completion_ids):
+        ids_c[r, : len(c)] = torch.tensor(c, dtype=torch.long)
+        am_c[r, : len(c)] = 1
+    ids_c, am_c = ids_c.to(device), am_c.to(device)
+    lens_p = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long, device=device)
+    pos_c = lens_p[:, None] + torch.arange(Wc, device=device)[None, :]
+    attn = torch.cat([am_p.index_select(0, idx), am_c], dim=1)
+    logits_c = model(input_ids=ids_c, attention_mask=attn, position_ids=pos_c, past_key_values=cache,
+                     use_cache=True).logits
+    logits = torch.cat([first[:, None], logits_c[:, :-1]], dim=1).float()  # [S, Wc, V]: position j predicts token j
+    lp = logits.gather(-1, ids_c.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    del logits, logits_c
+    lp = lp * am_c.to(lp.dtype)
+    col = (lens_p[:, None] + torch.arange(Wc, device=device)[None, :]).clamp_max(width - 1)
+    return torch.zeros((S, width), device=device, dtype=lp.dtype).scatter_add(1, col, lp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,3 +439,68 @@ def policy_objective(
         stats["kl"] = kl.detach()
         loss = loss + float(kl_coef) * kl
     return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# how much each prompt counts in the M-step (issue 12 item 5)
+# ----------------------------------------------------------------------------------------------
+
+PROMPT_WEIGHTINGS = ("tokens", "prompt", "lemma1")
+
+
+def prompt_weights(
+    prompt_index,
+    counted,
+    lengths,
+    mode: str = "tokens",
+    *,
+    p=None,
+) -> torch.Tensor:
+    """Per-sample weights ``w_s`` such that the M-step's policy loss is ``sum_s w_s * l_s``, where ``l_s``
+    is sample ``s``'s summed per-token loss (``-sum_t log pi`` for RAFT). ``m`` = number of prompts in
+    the batch, ``D_i`` = prompt ``i``'s *counted* samples (``counted``: the accepted ones for RAFT /
+    RAFT++, every sample for GRPO), ``n_i`` = its samples in the batch, ``L_s`` = completion lengths.
+
+    * ``tokens`` (official code, verl token-mean; the default): ``w_s = 1 / sum_s L_s``. A prompt's
+      weight grows with its accepted tokens, i.e. with ``n_i p_i``.
+    * ``prompt`` (Algorithm 1's M-step): ``w_s = 1 / (m |D_i|)`` on counted samples: each prompt counts
+      once, ``-(1/m) sum_i (1/|D_i|) sum_{y in D_i} grad log P``; prompts with ``D_i`` empty add nothing.
+    * ``lemma1`` (Lemma 1, Eq. 6, divided by ``m``): ``w_s = 1 / (m n_i p_i)`` on counted samples, the
+      unbiased estimator whose variance Proposition 1 minimises. ``p`` maps a prompt index to the
+      ``p_i`` used for the allocation; where ``p_i <= 0`` (a sample was drawn although the estimate was
+      0, e.g. under ``min_per_prompt``) the realised ``|D_i| / n_i`` is used instead (= ``prompt``).
+
+    To apply them under ``token_mean`` aggregation, multiply each sample's advantage by
+    ``w_s * sum_s L_s`` (exactly 1 for ``tokens``): PPO-clip and ``-A log pi`` are positively
+    homogeneous in ``A``, so scaling ``A`` scales that sample's loss and leaves clipping unchanged.
+
+    >>> prompt_weights([0, 0, 1], [1, 1, 1], [2, 3, 1], "prompt").tolist()
+    [0.25, 0.25, 0.5]
+    """
+    if mode not in PROMPT_WEIGHTINGS:
+        raise ValueError(f"prompt_weighting must be one of {PROMPT_WEIGHTINGS}, got {mode!r}")
+    idx = torch.as_tensor(prompt_index).reshape(-1).long()
+    cnt = torch.as_tensor(counted).reshape(-1).to(torch.float64)
+    L = torch.as_tensor(lengths).reshape(-1).to(torch.float64)
+    if not (idx.shape == cnt.shape == L.shape):
+        raise ValueError(f"prompt_index, counted and lengths must have the same length, got "
+                         f"{idx.numel()}, {cnt.numel()} and {L.numel()}")
+    if idx.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    if mode == "tokens":
+        return torch.full_like(L, 1.0 / max(float(L.sum()), 1.0))
+    cnt = (cnt > 0).to(torch.float64)
+    _, g = torch.unique(idx, return_inverse=True)
+    G = int(g.max()) + 1
+    d = torch.zeros(G, dtype=torch.float64).index_add_(0, g, cnt)  # |D_i|
+    if mode == "prompt":
+        denom = d[g]
+    else:
+        if p is None:
+            raise ValueError("prompt_weighting='lemma1' needs p (the p_i used for the allocation)")
+        n = torch.zeros(G, dtype=torch.float64).index_add_(0, g, torch.ones_like(cnt))
+        p_s = torch.as_tensor(p, dtype=torch.float64)[idx]
+        if not torch.all(torch.isfinite(p_s)) or torch.any((p_s < 0) | (p_s > 1)):
+            raise ValueError("p must be finite and in [0, 1]")
+        denom = torch.where(p_s > 0, n[g] * p_s, d[g])
+    return torch.where(cnt > 0, 1.0 / (G * denom.clamp_min(1e-300)), torch.zeros_like(cnt))

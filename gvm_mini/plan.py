@@ -65,7 +65,9 @@ def estimate_memory(cfg: Config, model) -> dict:
     ``34 * h * L`` bytes per token (the usual transformer estimate), with it ``2 * h * L`` plus one
     layer; fp32 logits and their log-softmax, ``8 * V`` bytes per token. Sampling: the KV cache,
     ``4 * L * kv_heads * head_dim`` bytes per token (bf16 K and V) for ``sample_batch_size``
-    sequences, plus one step of fp32 logits.
+    sequences, plus one step of fp32 logits. With ``backend=vllm`` also the colocated engine's share
+    (``vllm_gpu_memory_utilization``), its weights, its KV-cache tokens per GiB and ``min_gpu_gb``, the
+    smallest GPU on which trainer and engine fit side by side.
     """
     c = model.config
     h, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
@@ -92,11 +94,28 @@ def estimate_memory(cfg: Config, model) -> dict:
     train = weights + optim + act + logits
     kv_cache = cfg.sample_batch_size * T * 4 * L * kv * head_dim
     sample = weights + kv_cache + cfg.sample_batch_size * V * 8
-    return {
+    out = {
         "parameters": n_params, "trainable": lora, "weights_gb": weights / _GB, "optimizer_gb": optim / _GB,
         "activations_gb": act / _GB, "logits_gb": logits / _GB, "train_peak_gb": train / _GB,
         "kv_cache_gb": kv_cache / _GB, "sample_peak_gb": sample / _GB,
     }
+    if cfg.backend == "vllm":
+        # one colocated engine: vLLM takes `u = vllm_gpu_memory_utilization` of the GPU for its own copy
+        # of the base weights (bf16, or ~0.53 B per linear weight with bitsandbytes 4-bit), the adapter
+        # and its KV cache; the trainer (and HF sampling for evaluation) gets the rest, 1 - u. The
+        # smallest GPU that holds both: max(trainer peak / (1 - u), (vLLM weights + one full-length
+        # batch of KV cache) / u).
+        u = cfg.vllm_gpu_memory_utilization
+        vw = (linear * 0.53 + (embed + head) * 2) if cfg.load_in_4bit else n_params * 2
+        vw += _lora_params(model, cfg.lora_r) * 2
+        kv_tok = 4 * L * kv * head_dim  # bytes per token of bf16 K and V
+        need = max(train, sample) / (1 - u)
+        need_vllm = (vw + cfg.sample_batch_size * T * kv_tok) / u
+        out.update({
+            "vllm_gpu_memory_utilization": u, "vllm_weights_gb": vw / _GB,
+            "vllm_kv_tokens_per_gb": int(_GB / kv_tok), "min_gpu_gb": max(need, need_vllm) / _GB,
+        })
+    return out
 
 
 def make_plan(cfg: Config) -> dict:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .rundir import atomic_savefig
+
 __all__ = ["read_jsonl", "eval_curve", "plot_runs", "plot_allocation"]
 
 X_AXES = {
@@ -60,7 +62,7 @@ def plot_runs(run_dirs, out: str | Path, *, x: str = "tokens", metric: str = "av
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    atomic_savefig(fig, out, dpi=120)  # temporary file + rename: a kill never leaves a torn PNG
     plt.close(fig)
     return out
 
@@ -86,6 +88,6 @@ def plot_allocation(run_dir: str | Path, out: str | Path, *, iteration: int | No
     ax.set_ylabel("allocated samples n_i")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    atomic_savefig(fig, out, dpi=120)  # temporary file + rename: a kill never leaves a torn PNG
     plt.close(fig)
     return out

@@ -1,4 +1,5 @@
-"""Sampling ``n_i`` completions for prompt ``i`` (ragged groups), with HF ``generate`` or vLLM.
+"""Sampling ``n_i`` completions for prompt ``i`` (ragged groups): a KV-cache decode loop on an HF
+model (:func:`sample_hf`, one prefill per prompt) or a colocated vLLM engine (:func:`sample_vllm_policy`).
 
 A :class:`Rollout` is flat: sample ``s`` answers prompt ``prompt_index[s]``; no code assumes a fixed
 number of samples per prompt. Each sample carries its prompt and completion token ids, its text and
@@ -8,6 +9,7 @@ and top-p), which is the behaviour policy of the importance ratios in RAFT++ / G
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -15,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
-__all__ = ["Rollout", "sample_hf", "sample_vllm", "to_batch", "expand_counts"]
+__all__ = ["Rollout", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
+           "to_batch", "expand_counts", "length_buckets", "plan_micro_batches"]
 
 
 @dataclass
@@ -74,40 +76,115 @@ def expand_counts(counts: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(counts.size), counts)
 
 
-class _SampleAndRecord:
-    """Logits processor placed last in ``generate``: applies temperature and top-p itself (so the
-    recorded log-probabilities are those of the distribution sampled from) and records, at each
-    step, the log-probability of the token chosen at the previous step. Memory is O(batch x vocab)
-    for one step, never the whole ``scores`` history."""
+def _process(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Temperature then top-p on one step's float32 logits ``[B, V]`` (the distribution sampled)."""
+    if temperature > 0 and temperature != 1.0:
+        scores = scores / temperature
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        p = sorted_scores.softmax(-1)
+        drop_sorted = p.cumsum(-1) - p >= top_p  # keep the token crossing top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
 
-    def __init__(self, temperature: float, top_p: float):
-        self.temperature = temperature
-        self.top_p = top_p
-        self.prev: torch.Tensor | None = None
-        self.out: list[torch.Tensor] = []
 
-    def _gather(self, tokens: torch.Tensor) -> None:
-        self.out.append(self.prev.gather(1, tokens[:, None]).squeeze(1))
+def _chunks(index: np.ndarray, encoded, batch_size: int, max_batch_tokens: int | None, max_new_tokens: int):
+    """Consecutive slices of the samples: at most ``batch_size`` each, and at most
+    ``max_batch_tokens // (longest prompt + max_new_tokens)`` when a token bound is given."""
+    chunks, start = [], 0
+    while start < index.size:
+        size = batch_size
+        if max_batch_tokens:
+            longest = max(len(encoded[i]) for i in index[start : start + batch_size])
+            size = max(1, min(batch_size, max_batch_tokens // (longest + max_new_tokens)))
+        chunks.append(np.arange(start, min(start + size, index.size)))
+        start += size
+    return chunks
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.prev is not None:
-            self._gather(input_ids[:, -1])
-        scores = scores.float()
-        if self.temperature > 0:
-            scores = scores / self.temperature
-        if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop_sorted = cum - sorted_scores.softmax(-1) >= self.top_p  # keep the token crossing top_p
-            drop = drop_sorted.scatter(1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        self.prev = scores.log_softmax(-1)
-        return scores
 
-    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
-        if self.prev is not None:
-            self._gather(last_tokens)
-        return torch.stack(self.out, 1) if self.out else torch.zeros(last_tokens.shape[0], 0)
+@contextlib.contextmanager
+def _no_gradient_checkpointing(model):
+    """Switch gradient checkpointing off for the block (and back on after). HF layers drop the KV
+    cache when checkpointing in train mode (``use_cache=False, past_key_values=None``), so a model
+    sampled right after an update would otherwise see only its last token at every step."""
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in flagged:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.gradient_checkpointing = True
+
+
+def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, eos: int, pad: int,
+            temperature: float, top_p: float, max_new_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one completion per entry of ``expand`` (an index into ``prompt_ids``) with a KV cache.
+
+    Each distinct prompt is encoded once (one left-padded prefill of the distinct prompts, only the
+    last position's logits); its cache rows are then repeated for its samples. Each step draws from
+    the processed logits (softmax, then the first token whose cumulative probability exceeds a uniform
+    draw: the same distribution as HF ``generate``'s multinomial, at a fraction of its CPU cost) and records the behaviour
+    log-probability of the drawn token as ``logit - logsumexp(logits)``. Rows that have emitted
+    ``eos`` are dropped from the batch (cache included) once they are a quarter of it, so finished
+    samples cost nothing. Returns ``tokens [B, T]`` (``pad`` after the end) and ``logps [B, T]``.
+    """
+    U, B = len(prompt_ids), len(expand)
+    lengths = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
+    width = int(lengths.max())
+    padded = bool((lengths != width).any())  # no mask at all when every prompt has the same length
+    input_ids = torch.full((U, width), pad, dtype=torch.long)
+    attn = torch.zeros((U, width), dtype=torch.long)
+    for r, x in enumerate(prompt_ids):
+        input_ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        attn[r, width - len(x) :] = 1
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device) if padded else None,
+                position_ids=pos.to(device), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    if cache is None:
+        raise RuntimeError("the model returned no KV cache (use_cache=True was ignored); sample_hf needs one")
+    logits = out.logits[:, -1].float()
+    rows = torch.as_tensor(expand, dtype=torch.long, device=device)
+    if U != B or bool((rows != torch.arange(U, device=device)).any()):
+        cache.reorder_cache(rows)
+        logits = logits.index_select(0, rows)
+    attn = attn.to(device).index_select(0, rows)
+    next_pos = lengths.to(device).index_select(0, rows)  # position of the first generated token
+    tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long)
+    logps = torch.zeros((B, max_new_tokens), dtype=torch.float32)
+    live = torch.arange(B)  # batch row -> sample, for the rows still in the batch
+    going = torch.ones(B, dtype=torch.bool)  # per batch row: no eos yet
+    for t in range(max_new_tokens):
+        scores = _process(logits, temperature, top_p)
+        if temperature > 0:  # inverse-CDF draw: P(i) = p_i; several times faster than multinomial on CPU
+            cdf = scores.softmax(-1).cumsum(-1)
+            u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
+            nxt = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
+        else:
+            nxt = scores.argmax(-1)
+        lp = scores.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(scores, -1)
+        nxt_cpu = nxt.cpu()
+        # a finished row still in the batch writes past its eos; sample_hf cuts at the first eos
+        tokens[live, t] = nxt_cpu
+        logps[live, t] = lp.cpu()
+        going &= nxt_cpu != eos
+        n_going = int(going.sum())
+        if t == max_new_tokens - 1 or n_going == 0:
+            break
+        if n_going <= 0.75 * going.numel():  # compact: drop the finished rows (and their cache)
+            keep = torch.nonzero(going).squeeze(1)
+            keep_dev = keep.to(device)
+            cache.reorder_cache(keep_dev)
+            live, going, nxt, attn, next_pos = live[keep], going[keep], nxt[keep_dev], attn[keep_dev], next_pos[keep_dev]
+        if padded:
+            attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], 1)
+        out = model(input_ids=nxt[:, None], attention_mask=attn if padded else None,
+                    position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+        next_pos = next_pos + 1
+        logits = out.logits[:, -1].float()
+    return tokens, logps
 
 
 @torch.no_grad()
@@ -126,14 +203,25 @@ def sample_hf(
     progress: bool = False,
     desc: str = "sampling",
 ) -> Rollout:
-    """Draw ``counts[i]`` completions of ``prompts[i]`` (already chat-formatted text) with HF
-    ``generate``: batched, left-padded, KV cache, ``temperature`` (0 = greedy) and ``top_p``.
+    """Draw ``counts[i]`` completions of ``prompts[i]`` (already chat-formatted text) with the
+    model's KV cache and a plain decode loop (:func:`_decode`): ``temperature`` (0 = greedy) and
+    ``top_p`` applied to float32 logits, the behaviour log-probability of every sampled token
+    recorded as ``logit - logsumexp`` of those processed logits (it matches a forward recompute to
+    ~1e-6 at temperature 1). The ``counts[i]`` samples of a prompt share one prefill.
+
+    Why not HF ``generate``: for the small models of the CPU demo its per-step Python overhead (logits
+    processors, stopping criteria, cache bookkeeping) and the prompt re-encoded once per sample cost
+    more than the model itself; ``bench/sampler_speed.py`` measures this against the former
+    ``generate`` path (kept in ``bench/_before_issue14.py``). Nothing from a checkpoint's ``generation_config.json`` (Qwen ships top_k=20,
+    repetition_penalty=1.05, ...) applies: the distribution is exactly temperature + top-p.
 
     Sequences are processed in chunks of at most ``batch_size``; if ``max_batch_tokens`` is given a
     chunk also holds at most ``max_batch_tokens // (prompt_len + max_new_tokens)`` sequences, which
-    bounds the KV-cache memory. ``seed`` seeds torch's global generator (``generate`` draws from it),
-    so CPU sampling is reproducible. The model's train/eval mode is left as it was (DESIGN.md: 4-bit
-    CPU kernels break after eval-mode inference), and dropout-free models sample the same either way.
+    bounds the KV-cache memory. ``seed`` seeds torch's global generator (the draws come from it), so
+    CPU sampling is reproducible run to run. The model's train/eval mode is left as it was
+    (DESIGN.md: 4-bit CPU kernels break after eval-mode inference), and dropout-free models sample the
+    same either way; gradient checkpointing is switched off while sampling (in train mode it makes HF
+    layers drop the KV cache).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -149,49 +237,22 @@ def sample_hf(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(model.parameters()).device
     out_prompt, out_comp, out_lp, out_txt, out_trunc = [], [], [], [], []
-    order = np.arange(index.size)
-    chunks: list[np.ndarray] = []
-    start = 0
-    while start < index.size:
-        size = batch_size
-        if max_batch_tokens:
-            longest = max(len(encoded[i]) for i in index[start : start + batch_size])
-            size = max(1, min(batch_size, max_batch_tokens // (longest + max_new_tokens)))
-        chunks.append(order[start : start + size])
-        start += size
-    # An explicit config, so that a checkpoint's own generation_config.json (Qwen ships top_k=20,
-    # repetition_penalty=1.05, ...) cannot change the distribution behind our back. Temperature and
-    # top-p are applied by the recorder, which must see the final distribution.
-    gen_config = GenerationConfig(
-        do_sample=temperature > 0, temperature=1.0, top_p=1.0, repetition_penalty=1.0,
-        max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-        **({"top_k": 0} if temperature > 0 else {}),  # 0 disables top-k (greedy needs no flag)
-    )
     bar = tqdm(total=int(index.size), desc=desc, disable=not progress, leave=False)
-    for chunk in chunks:
-        ids = [encoded[index[s]] for s in chunk]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(ids), width), dtype=torch.long)
-        for r, x in enumerate(ids):
-            input_ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            attn[r, width - len(x) :] = 1
-        recorder = _SampleAndRecord(temperature, top_p)
-        gen = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attn.to(device),
-            generation_config=gen_config,
-            logits_processor=[recorder],
-        )
-        new = gen[:, width:].cpu()
-        lp = recorder.finish(gen[:, -1]).cpu() if new.shape[1] else torch.zeros(len(ids), 0)
-        for r, x in enumerate(ids):
+    for chunk in _chunks(index, encoded, batch_size, max_batch_tokens, max_new_tokens):
+        uniq, inv = np.unique(index[chunk], return_inverse=True)
+        if max_new_tokens > 0:
+            with _no_gradient_checkpointing(model):
+                new, lp = _decode(model, [encoded[i] for i in uniq], inv.reshape(-1), eos=eos, pad=pad,
+                                  temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, device=device)
+        else:
+            new, lp = torch.zeros((len(chunk), 0), dtype=torch.long), torch.zeros((len(chunk), 0))
+        for r, s in enumerate(chunk):
             toks = new[r].tolist()
             n_keep = len(toks)
             if eos in toks:
                 n_keep = toks.index(eos) + 1  # the end token is part of what the model learns
             toks = toks[:n_keep]
-            out_prompt.append(list(x))
+            out_prompt.append(list(encoded[index[s]]))
             out_comp.append(toks)
             out_lp.append(lp[r, :n_keep].numpy().astype(np.float32))
             out_txt.append(tokenizer.decode(toks, skip_special_tokens=True))
@@ -219,20 +280,24 @@ def sample_vllm(
     seed: int | None = None,
     lora_path: str | None = None,
     lora_id: int = 1,
+    tokenizer=None,
     progress: bool = False,
 ) -> Rollout:
     """vLLM backend (GPU extra, imported lazily): one ``SamplingParams(n=counts[i])`` per prompt,
     and the LoRA adapter passed as a ``LoRARequest`` (saved with ``save_pretrained`` to
     ``lora_path``) rather than merged into the base weights every step.
 
-    Log-probabilities are vLLM's sampled-token log-probabilities (``logprobs=0``); with vLLM's
-    default ``logprobs_mode`` they are of the unscaled logits, so the M-step recomputes the
-    behaviour log-probabilities with the training model anyway (as verl does).
+    With ``tokenizer`` the prompts go to vLLM as token ids (``{"prompt_token_ids": ...}``, encoded
+    without special tokens exactly as :func:`sample_hf` does; vLLM's own text path would add a BOS
+    token that a chat template already holds). Log-probabilities are vLLM's sampled-token
+    log-probabilities (``logprobs=0``); with vLLM's default ``logprobs_mode`` they are of the unscaled
+    logits and never bit-exact with the trainer's, so the M-step recomputes pi_old with the training
+    model (``old_logprobs=recompute``, as verl does); they are kept for diagnostics.
     """
     try:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
-    except ImportError as e:  # pragma: no cover - exercised only where vLLM is installed
+    except ImportError as e:
         raise RuntimeError(
             "the vLLM backend needs the GPU extra: pip install 'gvm-mini[vllm]' (and a CUDA GPU)"
         ) from e
@@ -247,7 +312,11 @@ def sample_vllm(
         for i in keep
     ]
     lora = LoRARequest("gvm_mini", lora_id, lora_path) if lora_path else None
-    outs = llm.generate([prompts[i] for i in keep], params, lora_request=lora, use_tqdm=progress)
+    if tokenizer is not None:
+        inputs = [{"prompt_token_ids": tokenizer(prompts[i], add_special_tokens=False)["input_ids"]} for i in keep]
+    else:
+        inputs = [prompts[i] for i in keep]
+    outs = llm.generate(inputs, params, lora_request=lora, use_tqdm=progress) if keep else []
     parts = []
     for i, out in zip(keep, outs):
         for c in out.outputs:
@@ -264,6 +333,160 @@ def sample_vllm(
                 )
             )
     return Rollout.concat(parts)
+
+
+#: LoRA ranks vLLM accepts for ``max_lora_rank``
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+_VLLM_ENGINES: dict = {}
+
+
+@dataclass
+class VLLMEngine:
+    """The one vLLM engine of a training process, colocated with the trainer on the same GPU.
+
+    It holds the frozen base weights (and its KV cache) in ``gpu_memory_utilization`` of the GPU; the
+    trained LoRA adapter reaches it as a ``LoRARequest`` with a fresh id each time (vLLM caches
+    adapters by id), so the base is never merged or reloaded."""
+
+    llm: object
+    base: str  # what vLLM loaded: a local dir or hub id
+    lora_rank: int
+    adapters_sent: int = 0
+
+
+def vllm_engine(cfg) -> VLLMEngine:
+    """The process's engine for ``cfg`` (created on first use, then reused): ``vllm.LLM`` on the
+    base model with ``enable_lora``, ``max_lora_rank`` >= ``lora_r``, one adapter slot,
+    ``gpu_memory_utilization=cfg.vllm_gpu_memory_utilization``, ``max_model_len`` = prompt + completion
+    lengths, the model's ``generation_config.json`` ignored (``generation_config="vllm"``: the
+    distribution is exactly temperature + top-p, as with HF), bitsandbytes 4-bit when
+    ``load_in_4bit`` (QLoRA). Built-in names (tiny models, SmolLM2) are saved to a local dir first."""
+    key = (cfg.model, cfg.dtype, cfg.load_in_4bit, cfg.lora_r, cfg.vllm_gpu_memory_utilization,
+           cfg.max_prompt_length + cfg.max_completion_length, cfg.seed)
+    if key in _VLLM_ENGINES:
+        return _VLLM_ENGINES[key]
+    import os
+
+    # the engine core in this process (vLLM's default spawns one, which re-imports `python -m
+    # gvm_mini`'s unguarded __main__ and would start the run again); set it to 1 to override
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise RuntimeError(
+            "the vLLM backend needs the GPU extra: pip install 'gvm-mini[vllm]' (and a CUDA GPU)"
+        ) from e
+    from . import models
+
+    base = cfg.model
+    if base in models._TINY or base == "smollm2":
+        import tempfile
+
+        base = tempfile.mkdtemp(prefix="gvm-mini-vllm-base-")
+        model, tok = models.load_model(cfg.model, dtype=cfg.dtype)
+        model.save_pretrained(base)
+        tok.save_pretrained(base)
+        del model
+    else:
+        base = models._resolve_location(base)[0]
+    rank = next((r for r in _VLLM_LORA_RANKS if r >= cfg.lora_r), cfg.lora_r)
+    kwargs = dict(
+        model=base, dtype="float16" if cfg.dtype == "float16" else "bfloat16",  # vLLM LoRA kernels: 16-bit only
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        max_model_len=cfg.max_prompt_length + cfg.max_completion_length,
+        enable_lora=True, max_lora_rank=rank, max_loras=1, seed=cfg.seed, generation_config="vllm",
+    )
+    if cfg.load_in_4bit:
+        kwargs["quantization"] = "bitsandbytes"
+    engine = VLLMEngine(LLM(**kwargs), base=base, lora_rank=rank)
+    _VLLM_ENGINES[key] = engine
+    return engine
+
+
+def sample_vllm_policy(engine: VLLMEngine, policy, tokenizer, prompts: Sequence[str], counts: Sequence[int],
+                       **kw) -> Rollout:
+    """Sample from the *current* policy through ``engine``: the PEFT adapter of ``policy`` is saved
+    (``save_pretrained``: adapter config + safetensors, no merge) to a temporary directory and passed
+    as ``LoRARequest("gvm_mini", id, dir)`` with a new id, then :func:`sample_vllm` (``n_i`` per
+    prompt, prompts as token ids). ``kw`` goes to :func:`sample_vllm`."""
+    import tempfile
+
+    if not hasattr(policy, "peft_config"):
+        raise ValueError("backend=vllm passes the trained LoRA adapter to vLLM: the policy must be a PEFT "
+                         "model (lora=true)")
+    engine.adapters_sent += 1
+    with tempfile.TemporaryDirectory(prefix="gvm-mini-lora-") as d:
+        policy.save_pretrained(d)
+        return sample_vllm(engine.llm, prompts, counts, lora_path=d, lora_id=engine.adapters_sent,
+                           tokenizer=tokenizer, **kw)
+
+
+def length_buckets(lengths: Sequence[int], max_size: int | None = None, *, overhead_tokens: int = 64,
+                   max_pieces: int = 8) -> list[np.ndarray]:
+    """Cut a batch into micro-batches of similar length, so that each is padded only to its own longest.
+
+    Returns index arrays into ``lengths`` covering every position once, longest first (a stable sort).
+    With ``max_size`` the pieces hold at most ``max_size`` sequences each (the user's micro-batch, a
+    memory bound). Without it the number of equal-count pieces ``K <= max_pieces`` is the one that
+    minimises ``padded tokens + K * overhead_tokens`` (one more forward/backward call costs about
+    ``overhead_tokens`` tokens' worth of compute on small models), so a batch of equal lengths stays in
+    one piece. Example: lengths ``[10, 100, 12, 98]`` -> ``[[1, 3], [2, 0]]`` (396 padded tokens in
+    one piece, 200 + 24 + 64 in two).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    n = order.size
+    if n == 0:
+        return []
+    if max_size:
+        return [order[s : s + max_size] for s in range(0, n, max_size)]
+    srt = lengths[order]
+    best, best_cost = [order], float(n * srt[0])
+    for k in range(2, min(max_pieces, n) + 1):
+        cuts = np.linspace(0, n, k + 1).round().astype(int)
+        cost = sum(float((b - a) * srt[a]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a) + (k - 1) * overhead_tokens
+        if cost < best_cost:
+            best, best_cost = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a], cost
+    return best
+
+
+def plan_micro_batches(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+                       max_size: int | None = None, *, share_prompts: bool = False, overhead_tokens: int = 64,
+                       max_pieces: int = 8) -> list[tuple[np.ndarray, bool]]:
+    """Micro-batches of one mini-batch as ``(indices, shared)`` pairs, the cheaper of two layouts in
+    tokens processed (a forward/backward call counted as ``overhead_tokens`` more):
+
+    * plain (``shared=False``): :func:`length_buckets` of the total lengths, each piece padded to its
+      own longest ``prompt + completion``;
+    * shared prompts (``shared=True``, only if ``share_prompts``): pieces of samples sorted by
+      completion length, each encoding its distinct prompts once and its completions against their
+      cache (:func:`gvm_mini.losses.token_logprobs_shared_prompts`): a piece costs ``distinct prompts x
+      longest prompt + samples x longest completion`` (two calls).
+
+    ``max_size`` bounds the samples per piece in both. Example: 8 samples of one 30-token prompt with
+    10-token completions cost 320 tokens plain and 30 + 80 + 64 shared.
+    """
+    P = np.array([len(p) for p in prompt_ids], dtype=np.int64)
+    C = np.array([len(c) for c in completion_ids], dtype=np.int64)
+    n = P.size
+    if n == 0:
+        return []
+    plain = length_buckets(P + C, max_size, overhead_tokens=overhead_tokens, max_pieces=max_pieces)
+    best = [(b, False) for b in plain]
+    best_cost = sum(float(len(b) * (P + C)[b].max()) for b in plain) + (len(plain) - 1) * overhead_tokens
+    if not share_prompts:
+        return best
+    keys = np.unique([hash(tuple(p)) for p in prompt_ids], return_inverse=True)[1].reshape(-1)
+    order = np.argsort(-C, kind="stable")
+    options = [max(1, -(-n // max_size))] if max_size else range(1, min(max_pieces, n) + 1)
+    for k in options:
+        cuts = np.linspace(0, n, k + 1).round().astype(int) if not max_size else np.r_[np.arange(0, n, max_size), n]
+        pieces = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        cost = sum(float(np.unique(keys[b]).size * P[b].max() + len(b) * max(C[b].max(), 1)) for b in pieces)
+        cost += (2 * len(pieces) - 1) * overhead_tokens
+        if cost < best_cost:
+            best, best_cost = [(b, True) for b in pieces], cost
+    return best
 
 
 def to_batch(rollout: Rollout, pad_id: int, idx: Sequence[int] | None = None):

@@ -20,6 +20,9 @@ quantity             definition (METHOD §6)                                    
 Theorem 1 RHS        ``−(η/2) Δ1 + (η²/(2γ)) Ω``, ``0 < η ≤ γ``                          :func:`theorem1_rhs`
 Theorem 2 RHS        ``−(η/(2k)) Δ2 − (η/(4k)) Δ1 + (η/(4k)) Ω``, ``0 < η ≤ γ/2``, convex :func:`theorem2_rhs`
 Theorem 3 RHS        ``−(Hη²/(2k)) Δ3 − (η/(4k)) Δ1 + (η/(8k)) Ω``, H-strongly convex  :func:`theorem3_rhs`
+Eq. C1 (sharp)       ``−η(1 − η/(2γ)) Δ1 + (η²/(2γ)) Ω``, any ``η > 0``, smooth only  :func:`descent_rhs`
+Eq. C2 (Thm 2 fixed) ``−(η/(2k)) Δ2 − (η/(4k)) Δ1 + (η²/(2γ)) Ω``, ``0 < η ≤ γ/2``     :func:`theorem2_corrected_rhs`
+Eq. C3 (step range)  reconstructed Theorem 2 holds verbatim for ``0 < η ≤ γ/(2k)``      :func:`theorem2_step_limit`
 negativity           ``Ω < (γ/η) Δ1`` ⇔ Theorem 1 RHS < 0                              :func:`negativity_condition`
 Remark 1             lower bound on ``Σ_i n_i p_i`` under Proposition 1                  :func:`remark1_lower_bound`
 ===================  ==============================================================  ==================
@@ -29,7 +32,9 @@ METHOD.md's reconstruction from a garbled extraction. For ``k ≥ 2`` the recons
 not a valid bound for every smooth convex loss (a one-dimensional quadratic with additive gradient
 noise violates it, see :func:`quadratic_counterexample`); on the synthetic models it holds with a
 wide margin because ``1/γ = max D²/4`` is a loose smoothness constant. Theorem 1 is tight (equality
-for that quadratic at ``η = γ``).
+for that quadratic at ``η = γ``). The corrected Theorem 2 (Eqs. C1-C3, proved in
+``theory/convergence.md``) replaces the Ω coefficient ``η/(4k)`` by ``η²/(2γ)``, or keeps it and
+shrinks the step range to ``η ≤ γ/(2k)``; Eq. C1 holds with equality on the quadratic.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ __all__ = [
     "theorem1_rhs",
     "theorem2_rhs",
     "theorem3_rhs",
+    "descent_rhs",
+    "theorem2_corrected_rhs",
+    "theorem2_step_limit",
     "omega_threshold",
     "negativity_condition",
     "remark1_constant",
@@ -145,6 +153,48 @@ def theorem3_rhs(
     return float(-H * eta**2 / (2 * k) * delta3 - eta / (4 * k) * delta1 + eta / (8 * k) * omega)
 
 
+def descent_rhs(delta1: float, omega: float, *, eta: float, gamma: float) -> float:
+    """Eq. C1 of ``theory/convergence.md`` (the summed descent lemma; sharp form of Theorem 1)::
+
+        E[L(θ_kT)] − E[L(θ_0)] ≤ −η (1 − η/(2γ)) Δ1(k,T) + (η²/(2γ)) Ω(k,T)
+
+    Needs only ``1/γ``-smoothness and an unbiased gradient, and holds for every ``η > 0`` (for
+    ``η ≥ 2γ`` the Δ1 coefficient is ``≥ 0`` and no decrease is promised). For ``η ≤ γ`` it implies
+    Theorem 1; for ``η ≤ γ/2`` it implies the corrected Theorem 2 (:func:`theorem2_corrected_rhs`).
+    Equality holds for the 1-D quadratic with additive noise (:func:`quadratic_counterexample`)."""
+    if not (np.isfinite(eta) and eta > 0):
+        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    return float(-eta * (1.0 - eta / (2.0 * gamma)) * delta1 + eta**2 / (2.0 * gamma) * omega)
+
+
+def theorem2_corrected_rhs(
+    delta1: float, delta2: float, omega: float, *, eta: float, gamma: float, k: int
+) -> float:
+    """Corrected Theorem 2, Eq. C2 of ``theory/convergence.md`` (1/γ-smooth; ``0 < η ≤ γ/2``)::
+
+        E[L(θ_kT) − L(θ*)] − E[L(θ_0) − L(θ*)] ≤ −(η/(2k)) Δ2 − (η/(4k)) Δ1 + (η²/(2γ)) Ω
+
+    The reconstructed Theorem 2 (:func:`theorem2_rhs`) with the Ω coefficient ``η/(4k)`` replaced by
+    ``η²/(2γ)`` (``≤ η/4``). Proof: Eq. C1 (:func:`descent_rhs`) and ``Δ2 ≤ k Δ1`` (Cauchy-Schwarz)
+    give ``η(1 − η/(2γ)) Δ1 ≥ (3η/4) Δ1 ≥ (η/(2k)) Δ2 + (η/(4k)) Δ1``. With ``η ≤ γ/(2k)``
+    (:func:`theorem2_step_limit`) ``η²/(2γ) ≤ η/(4k)``, so the reconstructed RHS then holds too."""
+    _check_step(eta, gamma, 0.5, "the corrected Theorem 2")
+    k = _check_k(k)
+    return float(-eta / (2 * k) * delta2 - eta / (4 * k) * delta1 + eta**2 / (2.0 * gamma) * omega)
+
+
+def theorem2_step_limit(k: int, gamma: float) -> float:
+    """Eq. C3 of ``theory/convergence.md``: ``γ/(2k)``, the step size up to which the reconstructed
+    Theorem 2 (:func:`theorem2_rhs`, Ω coefficient ``η/(4k)``) is proved. On the 1-D quadratic it
+    first fails at ``η ≈ 0.58γ/k`` (k = 2) to ``≈ 0.74γ/k`` (k = 50), so ``η = O(γ/k)`` is needed."""
+    k = _check_k(k)
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    return float(gamma / (2 * k))
+
+
 def omega_threshold(delta1: float, *, eta: float, gamma: float) -> float:
     """``(γ/η) Δ1``: Theorem 1's RHS is negative iff ``Ω < (γ/η) Δ1`` [INFERRED explicit form of
     the paper's "with large enough sample size the RHS is negative"]."""
@@ -214,7 +264,7 @@ class TheoremCheck:
     contradict the theorem at ``z`` standard errors (``margin ≥ −z·se``); ``confirmed``: they show
     it holds at that level (``margin ≥ z·se``)."""
 
-    theorem: int
+    theorem: int | str
     lhs: float
     rhs: float
     margin: float
@@ -231,8 +281,10 @@ class TheoremCheck:
         return self.margin >= self.z * self.margin_se
 
 
-def check_theorem(trajs: Sequence, theorem: int = 1, *, H: float | None = None, z: float = 3.0) -> TheoremCheck:
-    """Evaluate Theorem ``theorem`` (1, 2 or 3) on runs that differ only in their seed.
+def check_theorem(trajs: Sequence, theorem: int | str = 1, *, H: float | None = None, z: float = 3.0) -> TheoremCheck:
+    """Evaluate Theorem ``theorem`` on runs that differ only in their seed: 1, 2, 3 (METHOD §6 as
+    reconstructed), ``"2c"`` (corrected Theorem 2, :func:`theorem2_corrected_rhs`) or ``"C1"``
+    (:func:`descent_rhs`).
 
     Per run ``s``: ``margin_s = RHS_s − (L_s(θ_kT) − L_s(θ_0))`` with ``RHS_s`` from the run's own
     Δ's and Ω; by linearity the mean over runs estimates ``E RHS − E LHS`` and the standard error is
@@ -240,8 +292,8 @@ def check_theorem(trajs: Sequence, theorem: int = 1, *, H: float | None = None, 
     trajs = list(trajs)
     if len(trajs) < 2:
         raise ValueError("check_theorem needs at least 2 runs (seeds) to estimate a standard error")
-    if theorem not in (1, 2, 3):
-        raise ValueError(f"theorem must be 1, 2 or 3, got {theorem!r}")
+    if theorem not in (1, 2, 3, "2c", "C1"):
+        raise ValueError(f"theorem must be 1, 2, 3, '2c' or 'C1', got {theorem!r}")
     if theorem == 3 and H is None:
         raise ValueError("Theorem 3 needs the strong-convexity constant H")
     keys = {(t.eta, t.gamma, t.k, np.shape(t.variance)) for t in trajs}
@@ -255,6 +307,10 @@ def check_theorem(trajs: Sequence, theorem: int = 1, *, H: float | None = None, 
             r = theorem1_rhs(d1, om, eta=eta, gamma=gam)
         elif theorem == 2:
             r = theorem2_rhs(d1, delta2(tr), om, eta=eta, gamma=gam, k=k)
+        elif theorem == "2c":
+            r = theorem2_corrected_rhs(d1, delta2(tr), om, eta=eta, gamma=gam, k=k)
+        elif theorem == "C1":
+            r = descent_rhs(d1, om, eta=eta, gamma=gam)
         else:
             r = theorem3_rhs(d1, delta3(tr), om, eta=eta, gamma=gam, k=k, H=H)
         lhs.append(loss_change(tr))
@@ -271,9 +327,10 @@ def quadratic_counterexample(k: int, *, gamma: float = 1.0, eta: float | None = 
     """Exact expectations for ``L(θ) = θ²/(2γ)`` in one dimension (1/γ-smooth, convex), one E-step
     with ``L_t = L``, start ``θ_0 = 0``, ``k`` SGD steps ``θ ← θ − η(θ/γ + ξ)``, ``E ξ = 0``,
     ``Var ξ = V``. Returns ``lhs = E L(θ_k) − L(θ_0)``, ``delta1``, ``delta2``, ``omega`` and the
-    Theorem-1/2 right-hand sides. Shows that the reconstructed Theorem 2 fails for ``k ≥ 2``
-    (e.g. ``k = 2``, ``η = γ/2``: lhs = 5γV/32 > rhs = 5γV/64) while Theorem 1 holds (with equality
-    at ``η = γ``)."""
+    Theorem-1/2 right-hand sides, the corrected Theorem 2 (Eq. C2) and Eq. C1. Shows that the
+    reconstructed Theorem 2 fails for ``k ≥ 2`` (e.g. ``k = 2``, ``η = γ/2``: lhs = 5γV/32 > rhs =
+    5γV/64) while Theorem 1 holds (with equality at ``η = γ``) and Eq. C1 holds with equality for
+    every ``η`` and ``k`` (the quadratic's descent lemma is an identity)."""
     k = _check_k(k)
     eta = gamma / 2 if eta is None else float(eta)
     a = 1.0 - eta / gamma
@@ -283,9 +340,11 @@ def quadratic_counterexample(k: int, *, gamma: float = 1.0, eta: float | None = 
     d1 = float(np.trace(cov)) / gamma**2
     d2 = float(cov.sum()) / gamma**2
     om = k * V
-    out = {"lhs": float(var[k] / (2 * gamma)), "delta1": d1, "delta2": d2, "omega": om}
+    out = {"lhs": float(var[k] / (2 * gamma)), "delta1": d1, "delta2": d2, "omega": om,
+           "descent_rhs": descent_rhs(d1, om, eta=eta, gamma=gamma)}
     if eta <= gamma:
         out["theorem1_rhs"] = theorem1_rhs(d1, om, eta=eta, gamma=gamma)
     if eta <= gamma / 2:
         out["theorem2_rhs"] = theorem2_rhs(d1, d2, om, eta=eta, gamma=gamma, k=k)
+        out["theorem2_corrected_rhs"] = theorem2_corrected_rhs(d1, d2, om, eta=eta, gamma=gamma, k=k)
     return out

@@ -131,7 +131,7 @@ def _case_setup(name: str, tmp: Path, no_template_model_dir: Path | None):
         "dataset_null_answer": (b, ["--set", f"dataset=jsonl:{jl([{'problem': 'x?', 'answer': None}])}"], "has no answer"),
         "dataset_no_problem": (b, ["--set", f"dataset=jsonl:{jl([{'question': 'x?', 'answer': '1'}])}"], "has no 'problem' text"),
         "dataset_too_small": (b, ["--set", f"dataset=jsonl:{jl(GOOD_ROWS[:3])}"], "fewer than prompts_per_step=4"),
-        "dataset_kind": (b, ["--set", "dataset=mnist"], "dataset must be arithmetic, champ, jsonl:PATH or hub:NAME"),
+        "dataset_kind": (b, ["--set", "dataset=mnist"], "dataset must be arithmetic"),
         "dataset_hub_unknown": (b, ["--set", "dataset=hub:nope"], "unknown hub dataset 'nope'"),
         "eval_dataset_missing": (b, ["--set", f"eval_dataset=jsonl:{tmp / 'missing_eval.jsonl'}"], "eval_dataset file not found"),
         "eval_dataset_corrupt": (b, ["--set", f"eval_dataset=jsonl:{_jsonl(tmp / 'ev.jsonl', ['[broken'])}"], "invalid JSON"),
@@ -320,3 +320,79 @@ def test_real_cli_exit_status_and_stderr(kind, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert ("malformed YAML" if kind == "yaml" else "has no answer") in lines[0]
     assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments of the subcommands
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_demo_seeds_must_be_a_positive_integer(value, capsys, monkeypatch):
+    """`demo --seeds 0` used to run the default two-seed demo (7.5 minutes) because of `seeds or 2`."""
+    import gvm_mini.demo
+
+    def boom(*a, **k):
+        raise ModelLoaded("the demo started")
+
+    monkeypatch.setattr(gvm_mini.demo, "run_demo", boom)
+    from gvm_mini.cli import main
+
+    assert main(["demo", "--seeds", value]) == 2
+    assert _one_error_line(capsys) == f"error: --seeds must be a positive integer, got {value!r}"
+
+
+def test_demo_seeds_is_passed_on(monkeypatch):
+    import gvm_mini.demo
+
+    seen = {}
+    monkeypatch.setattr(gvm_mini.demo, "run_demo", lambda out, **kw: seen.update(out=out, **kw))
+    from gvm_mini.cli import main
+
+    assert main(["demo", "--seeds", "3", "--out", "runs/x"]) == 0
+    assert seen["out"] == Path("runs/x") and seen["seeds"] == 3 and seen["quick"] is False
+
+
+def test_set_without_equals_names_the_train_usage(tmp_path, capsys, guard):
+    """`--set learning_rate 1e-4` (a space instead of `=`): the train subcommand's usage and the fix."""
+    from gvm_mini.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "o"), "--set", "learning_rate", "1e-4"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m gvm_mini train ")
+    assert "--set takes key=value in one word: --set learning_rate=1e-4" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_plot_writes_under_runs_by_default():
+    from gvm_mini.cli import _parser
+
+    _, subs = _parser()
+    assert subs["plot"].parse_args(["some/run"]).out == "runs/curves.png"
+
+
+def test_eval_refuses_a_pickle_adapter(tmp_path, capsys, guard):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"not loaded")
+    from gvm_mini.cli import main
+
+    assert main(["eval", "--adapter", str(tmp_path / "adapter")]) == 2
+    assert "has no adapter_model.safetensors" in _one_error_line(capsys)
+
+
+def test_tiny_run_says_it_learns_nothing(tmp_path):
+    """configs/tiny.yaml (random weights): the run ends by saying so and that the uniform fallback was used."""
+    argv = [sys.executable, "-m", "gvm_mini", "train", "--config", "configs/tiny.yaml", "--out", str(tmp_path / "t"),
+            "--set", "iterations=1", "--set", "progress=false"]
+    res = subprocess.run(argv, env=ENV, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.strip().splitlines()
+    assert out[0].startswith("done: 1 iterations")
+    assert out[1].startswith("note: tiny-qwen2 has random weights, so it learns nothing here")
+    assert out[2] == ("note: the uniform fallback was used in 1 of 1 iterations: every pilot sample was wrong "
+                      "(all p_i = 0), so Proposition 1 had no weights and the budget was spread evenly.")
+    assert "Loading weights" not in res.stderr and "leaked semaphore" not in res.stderr
+

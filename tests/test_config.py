@@ -64,6 +64,13 @@ BAD_YAML = [
     ("iterations: null\n", "iterations may not be null"),
     ("kl_reference: base\n", "kl_reference must be one of"),
     ("mini_batch_size: 0\n", "mini_batch_size must be > 0"),
+    ("estimator: mle\n", "estimator must be one of paper, bayes"),
+    ("pilot: old\n", "pilot must be one of fresh, reuse, history"),
+    ("pilot: histroy\n", "did you mean 'history'"),
+    ("prompt_weighting: sample\n", "prompt_weighting must be one of tokens, prompt, lemma1"),
+    ("reuse_pilot: true\npilot: history\n", "conflicts with pilot: history"),
+    ("allocation: knapsak\n", "did you mean 'knapsack'"),
+    ("allocation: uniform\nprompt_weighting: lemma1\n", "prompt_weighting=lemma1 .* needs the pilot"),
 ]
 
 
@@ -89,3 +96,16 @@ def test_missing_and_binary_config(tmp_path):
 def test_bad_override(item, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(Config(), [item])
+
+
+def test_issue12_options_defaults_and_alias():
+    cfg = load_config(None)
+    # the paper's behaviour stays the default of every new option
+    assert (cfg.estimator, cfg.pilot, cfg.prompt_weighting, cfg.pilot_mode) == ("paper", "fresh", "tokens", "fresh")
+    cfg = apply_overrides(Config(), ["allocation=gvm_tokens", "estimator=bayes", "pilot=history", "prompt_weighting=lemma1"])
+    assert (cfg.allocation, cfg.estimator, cfg.pilot_mode, cfg.prompt_weighting) == ("gvm_tokens", "bayes", "history", "lemma1")
+    load_config(None, ["allocation=knapsack"])
+    # reuse_pilot: true (deprecated) means pilot: reuse; both spellings validate
+    assert load_config(None, ["reuse_pilot=true"]).pilot_mode == "reuse"
+    assert load_config(None, ["pilot=reuse"]).pilot_mode == "reuse"
+    assert load_config(None, ["reuse_pilot=true", "pilot=reuse"]).pilot_mode == "reuse"

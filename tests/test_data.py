@@ -298,3 +298,51 @@ def test_format_chat_needs_a_template(chat_tokenizer):
 
     with pytest.raises(ValueError, match="tokenizer NoTemplate has no chat template"):
         format_chat(NoTemplate(), "Q")
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo's rule task
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rule_solution_by_hand():
+    from gvm_mini.data import rule_solution
+    from gvm_mini.rewards import exact_match_score
+
+    assert rule_solution("dbl", 7, 3) == "dbl: 2*7+3=17. \\boxed{17}"
+    assert rule_solution("rsub", 7, 3) == "rsub: 3-7=-4. \\boxed{-4}"
+    assert rule_solution("neg", 7, 3) == "neg: -7-3=-10. \\boxed{-10}"
+    assert exact_match_score(rule_solution("dbl", 7, 3), "17") == 1.0
+    assert exact_match_score(rule_solution("inc", 7, 3), "17") == 0.0
+
+
+def test_rule_procedures_disagree_on_every_pair():
+    # what makes "correct" mean "wrote the family's procedure and computed it right"
+    from gvm_mini.data import RULE_PROCEDURES, _rule_pairs
+
+    pairs = _rule_pairs()
+    assert len(pairs) == 53  # 8 x 7 ordered pairs of 2..9, minus (2,3), (3,2) (mul = inc) and (2,4) (mul = dbl)
+    for a, b in pairs:
+        values = [fn(a, b) for fn, _ in RULE_PROCEDURES.values()]
+        assert len(set(values)) == len(values), (a, b, values)
+    # and the excluded pairs really are collisions
+    assert RULE_PROCEDURES["mul"][0](2, 3) == RULE_PROCEDURES["inc"][0](2, 3) == 6
+    assert RULE_PROCEDURES["mul"][0](2, 4) == RULE_PROCEDURES["dbl"][0](2, 4) == 8
+
+
+def test_rule_problems_split_per_family():
+    from gvm_mini.data import RULE_FAMILIES, rule_problems
+
+    train, test = rule_problems(16, seed=1234)
+    assert len(test) == 16 * 8 and len(train) == 37 * 8
+    for fam in RULE_FAMILIES:
+        assert sum(p.meta["family"] == fam for p in test) == 16
+    assert not {p.problem for p in train} & {p.problem for p in test}
+    p = next(p for p in train if p.meta["family"] == "G")
+    a, b = p.meta["a"], p.meta["b"]
+    assert p.problem == f"rule G: {a} {b}" and p.answer == str(2 * a + b) and p.meta["difficulty"] == 6
+    assert rule_problems(16, seed=1234)[1][0].problem == test[0].problem  # deterministic
+    with pytest.raises(ValueError, match="test_per_family"):
+        rule_problems(53, seed=0)
+    with pytest.raises(ValueError, match="unknown rule families"):
+        rule_problems(4, seed=0, families=["Z"])

@@ -23,6 +23,7 @@ from gvm_mini.config import Config  # noqa: E402
 from gvm_mini.em import m_step, run  # noqa: E402
 from gvm_mini.models import add_lora, load_model  # noqa: E402
 from gvm_mini.rollout import Rollout  # noqa: E402
+from gvm_mini.rundir import read_checkpoint  # noqa: E402
 
 
 def _cfg(**kw) -> Config:
@@ -90,7 +91,7 @@ def test_every_pilot_wrong_falls_back_to_uniform(tmp_path, monkeypatch):
     steps = [r for r in _records(tmp_path) if r["kind"] == "step"]
     assert all(r["accepted"] == 0 and r["zero_signal_frac"] == 1.0 for r in steps)
     assert state.iteration == 1
-    ck = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    ck = read_checkpoint(tmp_path / "checkpoint")
     assert all(torch.isfinite(t).all() for t in ck["trainable"].values())
 
 
@@ -108,7 +109,7 @@ def test_every_pilot_right(tmp_path, monkeypatch, algorithm):
     assert all(r["skipped_updates"] == 0 and np.isfinite(r["loss"]) for r in steps)
     if algorithm == "grpo":  # all-correct groups carry no GRPO signal
         assert all(r["zero_signal_frac"] == 1.0 for r in steps)
-    ck = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    ck = read_checkpoint(tmp_path / "checkpoint")
     assert all(torch.isfinite(t).all() for t in ck["trainable"].values())
 
 
@@ -161,7 +162,7 @@ def test_nan_loss_in_the_loop_is_skipped_and_recorded(tmp_path, monkeypatch):
     run(_cfg(), tmp_path)
     steps = [r for r in _records(tmp_path) if r["kind"] == "step"]
     assert steps[0]["skipped_updates"] == 1 and steps[1]["skipped_updates"] == 0
-    ck = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    ck = read_checkpoint(tmp_path / "checkpoint")
     assert all(torch.isfinite(t).all() for t in ck["trainable"].values())
 
 

@@ -20,7 +20,7 @@ def test_tiny_config_runs_two_iterations(tmp_path):
     state = run(cfg, tmp_path)
     assert time.perf_counter() - t0 < 120  # issue 3: two iterations in under two minutes
     assert state.iteration == 2 and state.global_step == 4
-    for name in ("config.yaml", "metrics.jsonl", "allocations.jsonl", "checkpoint/state.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "allocations.jsonl", "checkpoint/state.json", "checkpoint/trainable.safetensors"):
         assert (tmp_path / name).exists(), name
     recs = _records(tmp_path / "metrics.jsonl")
     kinds = [r["kind"] for r in recs]
@@ -113,3 +113,166 @@ def test_behaviour_logprobs_give_the_same_update_as_recomputing_them():
     moved = (after["recompute"] - before).abs().max()
     assert moved > 1e-4  # the updates did something
     assert (after["behaviour"] - after["recompute"]).abs().max() < 1e-2 * moved  # Adam amplifies ~1e-6 noise a little
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: gvm_tokens, knapsack, estimator, pilot, prompt_weighting in the loop (tiny config)
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny(**kw):
+    base = dict(progress=False, iterations=1, eval_every=0, steps_per_iteration=1, train_size=16, test_size=4,
+                max_completion_length=16)
+    return replace(load_config("configs/tiny.yaml"), **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    """One tiny LoRA policy for the module; each run gets a deep copy (building one costs seconds)."""
+    from gvm_mini.em import build_policy
+
+    return build_policy(_tiny())
+
+
+def _run(cfg, out, policy, **kw):
+    import copy
+
+    return run(cfg, out, model=copy.deepcopy(policy[0]), tokenizer=policy[1], **kw)
+
+
+def _three_kinds(monkeypatch, train):
+    """Prompt j of the training set is always solved (j % 3 == 0), solved when the completion has an
+    even number of characters (j % 3 == 1), or never solved (j % 3 == 2)."""
+    import gvm_mini.rewards as rewards
+
+    kind = {p.answer: j % 3 for j, p in enumerate(train)}
+    assert len(kind) == len(train)  # answers identify prompts in the tiny task
+
+    def verify(text, ans):
+        k = kind.get(ans, 2)
+        return float(k == 0 or (k == 1 and len(text) % 2 == 0))
+
+    monkeypatch.setattr(rewards, "get_verifier", lambda name: verify)
+    return kind
+
+
+def _problems(cfg):
+    from gvm_mini.em import load_problems
+
+    train, test = load_problems(cfg)
+    # the tiny arithmetic task can repeat an answer; make answers unique so the verifier can key on them
+    for j, p in enumerate(train):
+        p.answer = f"{p.answer}#{j}"
+    return train, test
+
+
+def test_gvm_tokens_spends_the_uniform_token_budget(tmp_path, monkeypatch, tiny_policy):
+    cfg = _tiny(allocation="gvm_tokens")
+    train, test = _problems(cfg)
+    kind = _three_kinds(monkeypatch, train)
+    _run(cfg, tmp_path, tiny_policy, problems=(train, test))
+    a = _records(tmp_path / "allocations.jsonl")[0]
+    n, c = np.array(a["n"]), np.array(a["cost"])
+    never = np.array([kind[train[i].answer] == 2 for i in a["prompt_ids"]])
+    B = cfg.samples_per_prompt * len(n) * c.mean()  # token budget of an iteration: N * mean_i(c_i)
+    assert n @ c <= B + 1e-6 and B - n @ c < c.max()  # the integer rule's guarantee
+    assert np.all(n[never] == 0)  # p = 0: dropped, as in the paper's rule
+    it = [r for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "iteration"][0]
+    assert it["expected_tokens"] == pytest.approx(n @ c) and it["uniform_expected_tokens"] == pytest.approx(B)
+
+
+def test_knapsack_rule_in_the_loop_matches_the_function(tmp_path, monkeypatch, tiny_policy):
+    from gvm_mini.allocation import knapsack
+
+    cfg = _tiny(allocation="knapsack", algorithm="grpo")
+    train, test = _problems(cfg)
+    _three_kinds(monkeypatch, train)
+    _run(cfg, tmp_path, tiny_policy, problems=(train, test))
+    a = _records(tmp_path / "allocations.jsonl")[0]
+    assert a["n"] == knapsack(a["p"], a["G"], cfg.samples_per_prompt * len(a["n"])).tolist()
+
+
+def test_bayes_estimator_gives_unsolved_prompts_samples(tmp_path, monkeypatch, tiny_policy):
+    out = {}
+    for est in ("paper", "bayes"):
+        cfg = _tiny(estimator=est)
+        train, test = _problems(cfg)
+        kind = _three_kinds(monkeypatch, train)
+        _run(cfg, tmp_path / est, tiny_policy, problems=(train, test))
+        a = _records(tmp_path / est / "allocations.jsonl")[0]
+        never = np.array([kind[train[i].answer] == 2 for i in a["prompt_ids"]])
+        out[est] = (np.array(a["p"]), np.array(a["G"]), np.array(a["n"]), never)
+    p, G, n, never = out["paper"]
+    assert never.any() and np.all(p[never] == 0) and np.all(G[never] == 0) and np.all(n[never] == 0)
+    p, G, n, never = out["bayes"]
+    assert np.all(p[never] > 0) and np.all(G[never] > 0) and np.all(n[never] >= 0) and n.sum() == 4 * len(n)
+    assert np.all(G[never] == G[never][0])  # one pooled G for all of them
+
+
+def test_pilot_history_skips_seen_prompts_and_survives_a_resume(tmp_path, monkeypatch, tiny_policy):
+    cfg = _tiny(pilot="history", steps_per_iteration=2)  # 16 prompts per iteration = the whole train set
+    train, test = _problems(cfg)
+    _three_kinds(monkeypatch, train)
+    _run(cfg, tmp_path, tiny_policy, problems=(train, test))  # epoch 0: every prompt gets a fresh pilot
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["state"]
+    assert len(state["history"]) == 16 and all(r["n"] >= cfg.num_pilot for r in state["history"].values())
+    st = _run(replace(cfg, iterations=2), tmp_path, tiny_policy, resume=True, problems=(train, test))  # epoch 1, restarted
+    assert st.pilot_samples == 16 * cfg.num_pilot  # no pilot in the second epoch
+    it = [r for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "iteration"]
+    assert [r["history_prompts"] for r in it] == [0, 16]
+    a = _records(tmp_path / "allocations.jsonl")[1]
+    assert sum(a["n"]) == cfg.samples_per_prompt * 16 and all(0 < p < 1 for p in a["p"])  # shrunk, never 0 or 1
+
+
+def test_pilot_reuse_is_the_old_reuse_pilot(tmp_path, tiny_policy):
+    recs = {}
+    for name, kw in (("new", dict(pilot="reuse")), ("old", dict(reuse_pilot=True))):
+        _run(_tiny(**kw), tmp_path / name, tiny_policy)
+        recs[name] = [r for r in _records(tmp_path / name / "metrics.jsonl") if r["kind"] == "step"]
+    assert recs["new"][0]["pilot_reused"] > 0
+    assert [(r["pilot_reused"], r["tokens"], r["loss"]) for r in recs["new"]] == \
+        [(r["pilot_reused"], r["tokens"], r["loss"]) for r in recs["old"]]
+
+
+@pytest.mark.parametrize("weighting", ["prompt", "lemma1"])
+def test_prompt_weighting_runs_and_changes_the_update(tmp_path, monkeypatch, tiny_policy, weighting):
+    """Same samples (same seeds), one update: the re-weighted M-step moves the weights differently, while
+    its first-update loss equals the token mean's (RAFT++ at ratio 1: -accepted tokens / all tokens), because
+    the weights are scaled to give the accepted samples the same total weight."""
+    import copy
+
+    import torch
+
+    res = {}
+    for w in ("tokens", weighting):
+        cfg = _tiny(prompt_weighting=w, mini_batch_size=64)  # one mini-batch: the weighting is exact
+        train, test = _problems(cfg)
+        _three_kinds(monkeypatch, train)
+        model = copy.deepcopy(tiny_policy[0])
+        run(cfg, tmp_path / w, model=model, tokenizer=tiny_policy[1], problems=(train, test))
+        step = [r for r in _records(tmp_path / w / "metrics.jsonl") if r["kind"] == "step"][0]
+        assert step["updates"] == 1 and step["skipped_updates"] == 0 and np.isfinite(step["loss"])
+        res[w] = (step["pg_loss"], torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]))
+    assert res["tokens"][0] == pytest.approx(res[weighting][0], rel=1e-5)
+    assert (res["tokens"][1] - res[weighting][1]).abs().max() > 1e-6
+
+
+def test_step_records_count_accepted_samples_that_were_truncated(tmp_path, monkeypatch):
+    """RAFT trains on accepted samples cut at max_completion_length without their end token (SmolLM2's
+    chatter after a correct answer): each step record counts them. A verifier that accepts everything
+    makes the count equal the number of truncated samples; one that accepts nothing makes it 0."""
+    import gvm_mini.rewards as rewards
+
+    for accept, sub in ((1.0, "all"), (0.0, "none")):
+        monkeypatch.setattr(rewards, "get_verifier", lambda name, a=accept: (lambda text, ans: a))
+        cfg = replace(load_config("configs/tiny.yaml"), progress=False, iterations=1, eval_every=0,
+                      allocation="uniform", max_completion_length=3)
+        run(cfg, tmp_path / sub)
+        steps = [r for r in _records(tmp_path / sub / "metrics.jsonl") if r["kind"] == "step"]
+        assert steps
+        for st in steps:
+            truncated = round(st["truncated_frac"] * st["step_samples"])
+            assert st["accepted"] == (st["step_samples"] if accept else 0)
+            assert st["accepted_truncated"] == (truncated if accept else 0)
+        if accept:
+            assert sum(st["accepted_truncated"] for st in steps) > 0  # 3 tokens: most samples are cut

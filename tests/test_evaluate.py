@@ -134,3 +134,25 @@ def test_summarize_partial_and_custom_benchmarks():
     out = summarize({"math500": [[1, 0]], "my_set": [[1, 1]]})
     assert "3 average" not in out and "5 average" not in out
     assert out["my_set"]["expected_size"] is None and out["my_set"]["average@k"] == 1.0
+
+
+def test_evaluate_policy_reports_the_accuracy_of_each_draw():
+    """per_draw[j] = accuracy of the j-th sample of every problem (the spread over evaluation draws of a
+    one-seed run); their mean is Average@k. A verifier that accepts exactly the second sample of each
+    problem (the sampler returns each problem's k samples together) gives per_draw = [0, 1, 0, 0]."""
+    from gvm_mini.evaluate import evaluate_policy
+    from gvm_mini.models import load_model
+
+    model, tok = load_model("tiny-qwen2")
+    calls = []
+
+    def second_draw_only(text, answer):
+        calls.append(answer)
+        return 1.0 if (len(calls) - 1) % 4 == 1 else 0.0
+
+    res = evaluate_policy(model, tok, ["Compute 1+2.", "Compute 3+4.", "Compute 5+6."], ["3", "7", "11"],
+                          second_draw_only, k=4, max_new_tokens=4, seed=0)
+    assert calls == ["3"] * 4 + ["7"] * 4 + ["11"] * 4
+    assert res["per_draw"] == [0.0, 1.0, 0.0, 0.0]
+    assert res["per_problem"] == [0.25, 0.25, 0.25]
+    assert res["avg_at_k"] == pytest.approx(np.mean(res["per_draw"])) == pytest.approx(0.25)

@@ -267,3 +267,33 @@ def test_token_logprobs_left_padding_matches_right(tiny):
         left = token_logprobs(tiny, lids, lam)
     for s in range(ids.shape[0]):
         torch.testing.assert_close(left[s][lam[s].bool()], right[s][am[s].bool()], rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_weighting_on_a_hand_computed_three_sample_batch():
+    """Three accepted samples: prompt 0 has s0 (2 tokens, log pi = -1 each) and s1 (3 tokens, -2 each),
+    prompt 1 has s2 (1 token, -4). Summed RAFT losses l = (2, 6, 4), 6 tokens in all."""
+    from gvm_mini.losses import policy_objective, prompt_weights
+
+    logp = torch.tensor([[0.0, -1, -1, 0], [0.0, -2, -2, -2], [0.0, -4, 0, 0]])
+    mask = torch.tensor([[0.0, 1, 1, 0], [0.0, 1, 1, 1], [0.0, 1, 0, 0]])
+    idx, acc, L = [0, 0, 1], [1, 1, 1], [2, 3, 1]
+    expected = {
+        "tokens": ([1 / 6] * 3, (2 + 6 + 4) / 6),  # token mean: 12 / 6 = 2
+        "prompt": ([1 / 4, 1 / 4, 1 / 2], 0.5 * ((2 + 6) / 2 + 4)),  # (1/m) sum_i mean over D_i = 4
+        # lemma1 with n = (2, 1) samples and p = (1/2, 1/2): 1/(m n_i p_i) = 1/(2*1), 1/(2*0.5) -> (8 + 2*4)/2 = 8
+        "lemma1": ([1 / 2, 1 / 2, 1.0], 0.5 * ((2 + 6) / 1 + 4 / 0.5)),
+    }
+    for mode, (w_hand, loss_hand) in expected.items():
+        w = prompt_weights(idx, acc, L, mode, p=[0.5, 0.5])
+        assert w.tolist() == pytest.approx(w_hand)
+        # applied as in the M-step: advantage x (w_s * total tokens) under token_mean
+        adv = torch.tensor(acc, dtype=torch.float64) * w * sum(L)
+        loss, _ = policy_objective(logp, None, adv.float(), mask, policy_loss="vanilla", kl_coef=0.0)
+        assert float(loss) == pytest.approx(loss_hand, rel=1e-6)
+    # a rejected sample counts nowhere; a prompt with p_i = 0 falls back to |D_i| / n_i (= "prompt")
+    assert prompt_weights([0, 0, 1], [1, 0, 1], L, "prompt").tolist() == [0.5, 0.0, 0.5]
+    assert prompt_weights([0, 0, 1], [1, 1, 1], L, "lemma1", p=[0.0, 1.0]).tolist() == [0.25, 0.25, 0.5]
+    with pytest.raises(ValueError, match="prompt_weighting must be one of"):
+        prompt_weights(idx, acc, L, "sample")
+    with pytest.raises(ValueError, match="needs p"):
+        prompt_weights(idx, acc, L, "lemma1")

@@ -5,7 +5,13 @@ same trainable weights bit for bit, and no torn checkpoint is ever loaded.
 Kills are real: every run is its own process and dies by SIGKILL, either at a named point through
 the test hook ``gvm_mini.em._crash_point`` (``GVM_MINI_CRASH_AT=name[:k]``: the k-th time ``name``
 is reached), after a delay chosen from outside, or (one end-to-end case) a plain
-``python -m gvm_mini``-style subprocess killed from this process while it trains.
+``python -m gvm_mini``-style subprocess killed from this process while it trains. Named points
+include the inside of every atomic write of the run directory (``config.yaml``, ``checkpoint/``,
+``adapter/``): half a file written, the new version complete under its temporary name, the old
+directory moved aside, the new one in place.
+
+Checkpoints are safetensors + JSON and nothing is ever unpickled: a run directory whose checkpoint
+holds a pickle (old format, or planted to run code) is refused with one line and nothing runs.
 
 Starting Python with torch + transformers + peft costs ~5 s here, so most runs are forked from one
 pre-imported "zygote" process (a fork is a new process; the zygote never runs a torch op, and
@@ -183,7 +189,16 @@ def _strip(rec: dict) -> dict:
 
 
 def _state(out: Path) -> dict:
-    return torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    from gvm_mini.rundir import read_checkpoint
+
+    return read_checkpoint(out / "checkpoint")
+
+
+LEFTOVER_NAMES = (".checkpoint.tmp", ".checkpoint.old", ".adapter.tmp", ".adapter.old")
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name in LEFTOVER_NAMES or ".tmp-" in p.name)
 
 
 def assert_same_run(out: Path, ref: Path) -> None:
@@ -196,23 +211,34 @@ def assert_same_run(out: Path, ref: Path) -> None:
     assert sa["trainable"].keys() == sb["trainable"].keys()
     for k in sb["trainable"]:
         assert torch.equal(sa["trainable"][k], sb["trainable"][k]), f"trainable tensor {k} differs"
+    assert (sa["optimizer"] is None) == (sb["optimizer"] is None)
+    if sb["optimizer"] is not None:  # AdamW moments and step counts, bit for bit
+        assert sa["optimizer"]["param_groups"] == sb["optimizer"]["param_groups"]
+        for pid, entries in sb["optimizer"]["state"].items():
+            for k, v in entries.items():
+                assert torch.equal(sa["optimizer"]["state"][pid][k], v), f"optimizer state {pid}.{k} differs"
+    assert sa["rng"] == sb["rng"]
+    # the LoRA adapter of the last iteration (an atomic directory swap at the end of the run)
+    if (ref / "adapter").exists():
+        assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
+            ref / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (out / "config.yaml").read_bytes() == (ref / "config.yaml").read_bytes()
     # (metrics_bytes depends on how many digits the wall times printed with)
     drop = {"metrics_bytes"}
     assert {k: v for k, v in _strip(sa["state"]).items() if k not in drop} == {
         k: v for k, v in _strip(sb["state"]).items() if k not in drop}
-    # no half-built checkpoint is left behind (a stale .checkpoint.old may remain only when the kill
-    # came after the final checkpoint was in place: no later save removes it, and it is never loaded)
-    assert not (out / ".checkpoint.tmp").exists()
+    # nothing half-built or stale is left behind: the resume cleaned what the kill left
+    assert _leftovers(out) == []
 
 
 def _loadable_checkpoint_iteration(out: Path):
     """The iteration of the checkpoint a resume would load (None if none), checking it is whole."""
-    from gvm_mini.em import _find_checkpoint
+    from gvm_mini.rundir import find_checkpoint, read_checkpoint
 
-    ck = _find_checkpoint(out)
+    ck = find_checkpoint(out)
     if ck is None:
         return None
-    payload = torch.load(ck / "state.pt", weights_only=False)  # a torn file would raise here
+    payload = read_checkpoint(ck)  # a torn file would raise here
     assert json.loads((ck / "COMPLETE").read_text())["iteration"] == payload["state"]["iteration"]
     # the metrics it points at are all there and end on a whole line
     data = (out / "metrics.jsonl").read_bytes()
@@ -250,7 +276,14 @@ KILL_POINTS = [
     ("checkpoint_written:2", 1),
     ("checkpoint_renamed:2", 1),  # old checkpoint moved aside, new one not yet in place
     ("checkpoint_replaced:2", 2),  # new one in place, old one not yet removed
-    ("checkpoint_replaced:3", 3),  # the very end
+    ("checkpoint_replaced:3", 3),  # the end of the last iteration
+    # config.yaml (atomic file write) at the start of the run
+    ("config.yaml_partial:1", None),  # half of it written under its temporary name
+    ("config.yaml_written:1", None),  # complete under its temporary name, not renamed
+    # adapter/ (atomic directory swap) after the last iteration
+    ("adapter_written:1", 3),  # built in .adapter.tmp
+    ("adapter_renamed:1", 3),  # (no old one to move aside on the first save)
+    ("adapter_replaced:1", 3),  # in place, nothing renamed
 ]
 
 
@@ -320,14 +353,14 @@ def test_torn_checkpoint_tmp_is_never_loaded(zyg, ref):
     out = zyg.workdir / "torn_tmp"
     assert zyg.train(out, crash="checkpoint_written:2")["signal"] == signal.SIGKILL
     tmp = out / ".checkpoint.tmp"
-    data = (tmp / "state.pt").read_bytes()
-    (tmp / "state.pt").write_bytes(data[: len(data) // 2])  # torn mid-write ...
+    data = (tmp / "trainable.safetensors").read_bytes()
+    (tmp / "trainable.safetensors").write_bytes(data[: len(data) // 2])  # torn mid-write ...
     (tmp / "COMPLETE").unlink()  # ... so never marked complete
     assert _loadable_checkpoint_iteration(out) == 1
     # and a checkpoint directory without its COMPLETE marker is not trusted either
     shutil.copytree(out / "checkpoint", out / ".checkpoint.old")
     (out / "checkpoint" / "COMPLETE").unlink()
-    (out / "checkpoint" / "state.pt").write_bytes(b"garbage")
+    (out / "checkpoint" / "trainable.safetensors").write_bytes(b"garbage")
     assert _loadable_checkpoint_iteration(out) == 1
     r = zyg.train(out, "--resume")
     assert r["rc"] == 0, r["log"]
@@ -338,7 +371,8 @@ def test_resume_finished_run_does_nothing(zyg, ref):
     ref_out, _ = ref
     out = zyg.workdir / "finished"
     shutil.copytree(ref_out, out)
-    before = {p: (out / p).read_bytes() for p in ("metrics.jsonl", "allocations.jsonl", "checkpoint/state.pt")}
+    before = {p: (out / p).read_bytes() for p in ("metrics.jsonl", "allocations.jsonl", "checkpoint/state.json",
+                                                  "checkpoint/trainable.safetensors", "checkpoint/optimizer.safetensors")}
     r = zyg.train(out, "--resume")
     assert r["rc"] == 0, r["log"]
     assert "done: 3 iterations" in r["log"]
@@ -400,3 +434,90 @@ def test_real_cli_subprocess_killed_from_outside(zyg, ref, tmp_path):
     res = subprocess.run(argv + ["--resume"], env=ENV, cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert_same_run(out, ref_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# kills inside the atomic writes of a resumed run (an old version exists and must survive)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", ["config.yaml_partial", "config.yaml_written", "adapter_written",
+                                   "adapter_renamed", "adapter_replaced"])
+def test_kill_inside_a_rewrite_then_resume(zyg, ref, point):
+    """A resume rewrites config.yaml at its start and adapter/ at its end, over complete old
+    versions. Killed inside either write, the directory still holds a loadable config and (apart
+    from the moment between the adapter's two renames) an adapter; the next resume cleans the
+    leftovers and ends identical to the uninterrupted run."""
+    ref_out, _ = ref
+    out = zyg.workdir / f"rewrite_{point}"
+    if point.startswith("config"):
+        assert zyg.train(out, crash="checkpoint:2")["signal"] == signal.SIGKILL
+    else:
+        shutil.copytree(ref_out, out)  # a finished run: the resume only re-saves the adapter
+    r = zyg.train(out, "--resume", crash=point)
+    assert r["signal"] == signal.SIGKILL, f"did not die at {point}: {r}"
+    assert (out / "config.yaml").read_bytes() == (ref_out / "config.yaml").read_bytes()  # the old one, whole
+    assert _leftovers(out), "the kill should have left a temporary entry"
+    if point == "adapter_renamed":
+        assert not (out / "adapter").exists() and (out / ".adapter.old" / "adapter_model.safetensors").is_file()
+    r = zyg.train(out, "--resume")
+    assert r["rc"] == 0, r["log"]
+    assert_same_run(out, ref_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# no pickle: a checkpoint that would run code when unpickled is refused, and nothing runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _evil_pickle(path: Path, marker: Path) -> None:
+    """A file that creates ``marker`` when unpickled (as torch.load(weights_only=False) would)."""
+    code = textwrap.dedent(f"""
+        import os, pickle
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ({f"touch {marker}"!r},))
+        with open({str(path)!r}, "wb") as f:
+            pickle.dump({{"state": Evil()}}, f)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_planted_pickle_really_runs_code(tmp_path):
+    """The check behind the next test: unpickling the planted file does create the marker."""
+    marker = tmp_path / "PWNED"
+    _evil_pickle(tmp_path / "state.pt", marker)
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(tmp_path / 'state.pt')!r}, weights_only=False)"],
+                   check=False, capture_output=True)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("where", ["old_format", "old_format_in_old", "beside_new_files"])
+def test_resume_refuses_a_pickle_checkpoint(zyg, ref, where, tmp_path):
+    ref_out, _ = ref
+    out = zyg.workdir / f"evil_{where}"
+    shutil.copytree(ref_out, out)
+    marker = tmp_path / "PWNED"
+    if where == "old_format":  # a run directory from before safetensors: checkpoint/state.pt + COMPLETE
+        shutil.rmtree(out / "checkpoint")
+        (out / "checkpoint").mkdir()
+        (out / "checkpoint" / "COMPLETE").write_text('{"iteration": 3}')
+        _evil_pickle(out / "checkpoint" / "state.pt", marker)
+    elif where == "old_format_in_old":  # the old layout's fallback copy
+        shutil.rmtree(out / "checkpoint")
+        (out / ".checkpoint.old").mkdir()
+        (out / ".checkpoint.old" / "COMPLETE").write_text('{"iteration": 3}')
+        _evil_pickle(out / ".checkpoint.old" / "state.pt", marker)
+    else:  # planted next to a valid checkpoint
+        _evil_pickle(out / "checkpoint" / "state.pt", marker)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = zyg.train(out, "--resume")
+    assert r["rc"] == 2, r["log"]
+    lines = [x for x in r["log"].splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r["log"], r["log"]
+    assert "state.pt is a pickle" in lines[0] and "never unpickles" in lines[0]
+    if where.startswith("old_format"):
+        assert "before gvm-mini stored safetensors" in lines[0]
+    assert not marker.exists(), "the pickle was loaded"
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # nothing ran: no file written, truncated or cleaned

@@ -107,6 +107,49 @@ def test_math_verify_score_works_outside_the_main_thread():
     assert out["s"] == 1.0
 
 
+def _in_thread(fn):
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # pragma: no cover - reported below
+            out["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(120)
+    assert "error" not in out, out.get("error")
+    return out["value"]
+
+
+def test_long_sum_from_a_thread_is_cut_at_the_deadline():
+    """A 32 kB ``\\boxed{1+1+...+1}`` passes the pre-screen and takes seconds in sympy (7.5 s measured
+    when unbounded off the main thread). From a thread it now runs in a worker process that is
+    killed at the 1 s deadline: scored 0 within 1.5 s, and the next call gets a fresh worker."""
+    big = "\\boxed{" + "+".join(["1"] * 16_000) + "}"
+    assert len(big) >= 32_000 and explosive_reason(big) is None
+
+    def work():
+        rewards.warm_up_verify_pool(1)  # a worker's start-up is not charged to any call
+        big_call = timed(math_verify_score, big, "16000", timeout_s=1.0)
+        after = math_verify_score("\\boxed{0.5}", "\\frac{1}{2}")
+        return big_call, after
+
+    (score, dt), after = _in_thread(work)
+    assert score == 0.0
+    assert dt < 1.5, f"{dt:.2f} s"
+    assert after == 1.0
+
+
+def test_thread_path_scores_like_the_main_thread():
+    cases = [("\\boxed{0.5}", "\\frac{1}{2}"), ("so x = 3", "3"), ("\\boxed{2}", "3"), ("$\\sqrt{4}$", "2"),
+             ("\\boxed{\\frac{2}{4}}", "0.5"), ("no answer", "1"), (None, "1"), ("\\boxed{x^2}", "x^2")]
+    main = [math_verify_score(c, a) for c, a in cases]
+    assert main == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert _in_thread(lambda: [math_verify_score(c, a) for c, a in cases]) == main
+
+
 def test_deadline_backstop_interrupts_slow_parse():
     """3000 letters pass the pre-screen but take ~1 s to parse: the deadline cuts it to ~timeout_s."""
     text = "\\boxed{" + "x" * 3000 + "}"
@@ -216,6 +259,19 @@ def test_adversarial_exact_match(name):
         ("\\boxed{}", "1234", 0.0),
         ("\\boxed{" + "9" * 10_000 + "}", "9", 0.0),
         ("\\boxed{x+1}", "x + 1", 1.0),  # non-integers compare as normalised strings
+        # a comma is a thousands separator only between groups of three digits
+        ("\\boxed{1,234}", "1234", 1.0),
+        ("\\boxed{1,234,567}", "1234567", 1.0),
+        ("\\boxed{1,2}", "12", 0.0),  # a list of two numbers, not twelve
+        ("\\boxed{12,34}", "1234", 0.0),
+        ("\\boxed{1234,567}", "1234567", 0.0),  # first group longer than three
+        ("\\boxed{1,2345}", "12345", 0.0),
+        ("\\boxed{-1,000}", "-1000", 1.0),
+        ("\\boxed{-1,000}", "1000", 0.0),
+        ("\\boxed{1,000.5}", "1000.5", 1.0),
+        ("\\boxed{1,00.5}", "100.5", 0.0),
+        ("\\boxed{1,234}", "1,234", 1.0),  # gold written with the separator too
+        ("\\boxed{1,2}", "1,2", 1.0),  # the same list, compared as strings
     ],
 )
 def test_exact_match_score(completion, answer, expected):

@@ -123,6 +123,77 @@ def test_gvm_omega_below_uniform_at_equal_budget():
         assert diff.mean() + Z * diff.std(ddof=1) / math.sqrt(diff.size) < 0, (om_g.mean(), om_u.mean())
 
 
+def test_corrected_theorem2_by_hand_on_the_counterexample():
+    # k = 2, η = γ/2 = 1/2, V = 1: Δ1 = Δ2 = 1/4, Ω = 2, E L(θ_2) − L(θ_0) = 5/32.
+    # C2: −(0.5/4)(1/4) − (0.5/8)(1/4) + (0.25/2)(2) = −2/64 − 1/64 + 16/64 = 13/64 ≥ 10/64 (holds)
+    # C1: −0.5(1 − 0.25)(1/4) + (0.25/2)(2) = −6/64 + 16/64 = 10/64 = lhs (equality)
+    q = Th.quadratic_counterexample(2)
+    assert q["theorem2_corrected_rhs"] == pytest.approx(13 / 64)
+    assert q["descent_rhs"] == pytest.approx(10 / 64) and q["lhs"] == pytest.approx(10 / 64)
+    assert Th.theorem2_corrected_rhs(0.25, 0.25, 2.0, eta=0.5, gamma=1.0, k=2) == pytest.approx(13 / 64)
+    assert Th.descent_rhs(0.25, 2.0, eta=0.5, gamma=1.0) == pytest.approx(10 / 64)
+    assert Th.theorem2_step_limit(5, 1.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 10])
+def test_corrected_theorem2_on_the_quadratic_exact(k):
+    # exact expectations, no sampling: C1 is an identity for the quadratic, C2 holds on the whole range
+    # η ≤ γ/2, the reconstructed bound holds for η ≤ γ/(2k) (C3) and fails at η = γ/2 when k ≥ 2
+    for gam in (1.0, 0.3):
+        for frac in np.linspace(0.01, 0.5, 50):
+            q = Th.quadratic_counterexample(k, gamma=gam, eta=frac * gam, V=2.0)
+            assert q["descent_rhs"] == pytest.approx(q["lhs"], rel=1e-12, abs=1e-15)
+            assert q["theorem2_corrected_rhs"] >= q["lhs"] * (1 - 1e-12)
+            if frac * gam <= Th.theorem2_step_limit(k, gam):
+                assert q["theorem2_rhs"] >= q["lhs"] * (1 - 1e-12), (k, frac)
+        if k >= 2:
+            q = Th.quadratic_counterexample(k, gamma=gam, eta=gam / 2)
+            assert q["theorem2_rhs"] < q["lhs"]
+
+
+def test_step_limit_is_needed_up_to_a_constant_on_the_quadratic():
+    # the reconstructed bound fails on the quadratic above ≈ 0.58γ/k (k = 2) .. 0.74γ/k (k = 50): so a
+    # range η = O(γ/k) is necessary for the Ω coefficient η/(4k), and C3's γ/(2k) is within 1.5x of it
+    for k, first_fail in [(2, 0.29054), (5, 0.13357), (50, 0.014847)]:
+        ok = Th.quadratic_counterexample(k, eta=0.99 * first_fail)
+        bad = Th.quadratic_counterexample(k, eta=1.01 * first_fail)
+        assert ok["theorem2_rhs"] >= ok["lhs"] and bad["theorem2_rhs"] < bad["lhs"], k
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 20), st.floats(1e-3, 1.0), st.floats(0.0, 10.0), st.floats(0.0, 1.0), st.floats(0.0, 10.0))
+def test_proof_chain_C1_implies_C2_implies_C3(k, frac, d1, align, om):
+    # the algebra of the proof in theory/convergence.md, on any numbers with Δ2 ≤ k Δ1 (Cauchy-Schwarz):
+    # for η ≤ γ/2, C1's RHS ≤ C2's RHS; for η ≤ γ/(2k), C2's RHS ≤ the reconstructed Theorem 2's RHS
+    gam = 2.0
+    d2 = align * k * d1
+    eta = frac * gam / 2
+    c1 = Th.descent_rhs(d1, om, eta=eta, gamma=gam)
+    c2 = Th.theorem2_corrected_rhs(d1, d2, om, eta=eta, gamma=gam, k=k)
+    assert c1 <= c2 + 1e-12
+    eta_s = frac * Th.theorem2_step_limit(k, gam)
+    c2s = Th.theorem2_corrected_rhs(d1, d2, om, eta=eta_s, gamma=gam, k=k)
+    assert c2s <= Th.theorem2_rhs(d1, d2, om, eta=eta_s, gamma=gam, k=k) + 1e-12
+
+
+@pytest.mark.parametrize("rule", ["uniform", "gvm"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_corrected_theorem2_holds_over_seeds(model, rule, k):
+    gam = S.gamma(model)
+    chk = Th.check_theorem(runs(model, rule, 0.5 * gam, k=k), "2c", z=Z)  # C2 on its whole range
+    assert chk.confirmed, chk
+    chk = Th.check_theorem(runs(model, rule, Th.theorem2_step_limit(k, gam), k=k), 2, z=Z)  # C3
+    assert chk.confirmed, chk
+
+
+@pytest.mark.parametrize("rule", ["uniform", "gvm"])
+@pytest.mark.parametrize("frac", [1.0, 4.0, 16.0])
+def test_descent_bound_holds_outside_the_theorems_step_range(model, rule, frac):
+    # C1 needs only smoothness, for every η > 0: also at 4γ and 16γ, where Theorems 1-2 say nothing
+    chk = Th.check_theorem(runs(model, rule, frac * S.gamma(model), k=5), "C1", z=Z)
+    assert chk.confirmed, chk
+
+
 def test_check_theorem_margin_by_hand():
     a, b = hand_traj(), hand_traj()
     b.loss = np.array([3.0, 2.5, 2.5])  # LHS −0.5 instead of −1.0
@@ -179,3 +250,9 @@ def test_bad_input_raises_value_error():
         Th.check_theorem([hand_traj(), hand_traj()], 3)
     with pytest.raises(ValueError, match="alpha"):
         Th.remark1_lower_bound([0.5], [1.0], 8, alpha=0.0)
+    with pytest.raises(ValueError, match="corrected Theorem 2 needs"):
+        Th.theorem2_corrected_rhs(1.0, 1.0, 1.0, eta=0.6, gamma=1.0, k=1)
+    with pytest.raises(ValueError, match="eta must be"):
+        Th.descent_rhs(1.0, 1.0, eta=0.0, gamma=1.0)
+    with pytest.raises(ValueError, match="theorem must be"):
+        Th.check_theorem([hand_traj(), hand_traj()], "2b")

@@ -1,0 +1,34 @@
+"""``bench/gpu_check.py --dry-run``: the GPU check's code paths (one GVM-RAFT++ iteration through
+``em.run`` on each twin's architecture, one ``m_step`` update) on tiny CPU shapes, in seconds."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_gpu_check_dry_run():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--dry-run"], cwd=BENCH, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    out = res.stdout
+    assert "--dry-run (CPU, tiny shapes)" in out and "0 failed" in out
+    path = Path(out.strip().splitlines()[-1].removeprefix("results -> "))
+    assert path.name == "gpu_check.smoke.jsonl"
+    rec = json.loads(path.read_text().splitlines()[-1])
+    assert rec["dry_run"] is True
+    rows = {(r["part"], r["twin"], r["mode"]): r for r in rec["rows"]}
+    for twin in ("qwen2.5-math-1.5b", "llama-3.2-1b"):
+        it = rows[("iteration", twin, "lora")]
+        assert it["updates"] >= 2 and it["skipped_updates"] == 0 and it["samples"] > 0
+        assert sum(it["n"]) == 32  # samples_per_prompt x prompts: the allocation spent the budget
+        assert set(it["phases_s"]) >= {"pilot", "gradnorm", "allocate", "rollout", "update"}
+        up = rows[("update", twin, "lora")]
+        assert up["updates"] == 1 and up["step_s"] > 0 and up["batch"] == 2 and up["length"] == 64
+    # 4-bit is a GPU path: the QLoRA parts are listed as skipped, with the reason
+    assert {(s["part"], s["mode"]) for s in rec["skipped"]} == {("iteration", "qlora"), ("update", "qlora")}
+    assert all(s["why"] == "4-bit is a GPU path" for s in rec["skipped"])
