@@ -30,7 +30,7 @@ ALGORITHMS = ("raft", "raftpp", "grpo")
 ALLOCATIONS = ("gvm", "uniform", "acceptance_only", "reward_variance", "filter_extremes", "gvm_tokens", "knapsack")
 GRADNORM_PARAMS = ("embed_tokens", "lm_head", "lora", "all")
 LOSS_TYPES = ("token_mean", "seq_mean_token_mean")
-VERIFIERS = ("exact", "math_verify")
+VERIFIERS = ("exact", "math_verify", "last_number")  # gvm_mini.rewards.VERIFIERS
 BACKENDS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 KL_REFERENCES = ("iteration_start", "initial")
@@ -68,7 +68,7 @@ class Config:
     task_ops: str = "+-*"
     test_size: int = 64
     data_seed: int = 1234
-    verifier: str = "exact"
+    verifier: str = "exact"  # exact (last \boxed{}) | math_verify | last_number (last number literal of free text; never evaluates an expression)
     system_prompt: str | None = "default"  # "default" = the paper's; null = no system message
     instruction: str | None = "default"  # appended to each problem; "default" = the paper's
     max_prompt_length: int = 256

@@ -475,7 +475,9 @@ def format_chat(
 ) -> str:
     """The paper's prompt (METHOD.md §9.2) rendered by the tokenizer's chat template, ready to generate from.
 
-    Messages: system ``system`` (omitted when ``None``) and user ``problem_text + instruction``;
+    Messages: system ``system`` (omitted when ``None``, and then a template may insert its own default:
+    SmolLM2's adds "You are a helpful AI assistant named SmolLM, ...", Qwen2.5's "You are Qwen, ...") and user
+    ``problem_text + instruction``;
     rendered with ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``.
     ValueError if the tokenizer has no chat template.
     """

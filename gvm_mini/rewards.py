@@ -570,12 +570,47 @@ def exact_match_score(completion, answer) -> float:
         return 0.0
 
 
-VERIFIERS: dict[str, Verifier] = {"math_verify": math_verify_score, "exact": exact_match_score}
+# a number literal in free text: optional sign (not a binary minus: no letter, digit or dot just before it),
+# thousands commas, decimals; "16-53 = -37." -> "16", "53", "-37"
+_FREE_NUMBER = re.compile(r"(?<![\w.])[+\-\u2212]?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def last_number_score(completion, answer) -> float:
+    """1.0 iff the last number literal of ``completion`` (of its last ``\\boxed{}`` when it has one) equals
+    ``answer``: the verifier for generated arithmetic answered in free text (SmolLM2 never writes ``\\boxed{}``).
+
+    Unlike ``math_verify`` it never evaluates an expression: Math-Verify reads ``"9+5 is a number."`` as
+    ``9+5 = 14`` and accepts it for the answer 14, so on a task whose question *is* the expression a policy
+    learns to restate the question (measured with SmolLM2-135M-Instruct: greedy "accuracy" 0.19 -> 1.00 while
+    the completions read "92+33 is a number."; bench/README.md). Here ``"9+5 is a number."`` -> 5, wrong;
+    ``"9 + 5 = 14."`` -> 14, right; ``"16-53 = -37"`` -> -37 (a minus after a digit is a binary minus, so
+    ``"9-5"`` ends in 5). Integers compare by value, with the tolerance of :func:`exact_match_score` (spaces,
+    ``$``, thousands commas, the Unicode minus); decimals compare as normalised strings. Never raises.
+    """
+    try:
+        gold = _answer_text(answer)
+        text = sanitize(completion)
+        if gold is None or text is None:
+            return 0.0
+        text = extract_boxed(text) or text
+        found = _FREE_NUMBER.findall(text)
+        if not found:
+            return 0.0
+        got, want = _normalize_number(found[-1]), _normalize_number(gold)
+        if _INT_ANSWER.fullmatch(got) and _INT_ANSWER.fullmatch(want):
+            return float(int(got) == int(want))
+        return float(got == want)
+    except Exception:
+        return 0.0
+
+
+VERIFIERS: dict[str, Verifier] = {"math_verify": math_verify_score, "exact": exact_match_score,
+                                  "last_number": last_number_score}
 """Verifier name -> ``fn(completion, answer) -> float`` in {0, 1}."""
 
 
 def get_verifier(name: str) -> Verifier:
-    """The verifier called ``name`` (``"math_verify"`` or ``"exact"``); ValueError listing the choices otherwise."""
+    """The verifier called ``name`` (``"math_verify"``, ``"exact"`` or ``"last_number"``); ValueError listing the choices otherwise."""
     try:
         return VERIFIERS[name]
     except (KeyError, TypeError):

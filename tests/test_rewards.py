@@ -281,5 +281,45 @@ def test_exact_match_score(completion, answer, expected):
 def test_get_verifier():
     assert get_verifier("math_verify") is math_verify_score
     assert get_verifier("exact") is exact_match_score
-    with pytest.raises(ValueError, match=r"unknown verifier 'sympy'; choose one of exact, math_verify"):
+    assert get_verifier("last_number") is rewards.last_number_score
+    with pytest.raises(ValueError, match=r"unknown verifier 'sympy'; choose one of exact, last_number, math_verify"):
         get_verifier("sympy")
+
+
+@pytest.mark.parametrize(
+    "completion, answer, expected",
+    [
+        ("9 + 5 = 14.", "14", 1.0),
+        ("To find 9+5, we add 9 and 5. 9 + 5 equals 14, and 14 is", "14", 1.0),
+        ("16-53 = -37", "-37", 1.0),  # a minus after a space is a sign
+        ("The answer is \u221212", "-12", 1.0),  # Unicode minus
+        ("$-37$", "-37", 1.0),
+        ("so 1,234 in all", "1234", 1.0),
+        ("\\boxed{7} because 3+4", "7", 1.0),  # a boxed answer wins over later numbers
+        ("007", "7", 1.0),
+        # what Math-Verify accepts and this verifier must not: the question restated as the answer
+        ("9+5 is a number.", "14", 0.0),
+        ("9-5", "4", 0.0),  # a minus after a digit is a binary minus: the last number is 5
+        ("92+33 = 125\n\nThis is the sum of 92 and 33.", "125", 0.0),  # the last number counts
+        ("fourteen", "14", 0.0),
+        (None, "14", 0.0),
+        ("14", None, 0.0),
+    ],
+)
+def test_last_number_score(completion, answer, expected):
+    assert rewards.last_number_score(completion, answer) == expected
+
+
+def test_math_verify_accepts_a_restated_question_which_is_why_last_number_exists():
+    """Math-Verify evaluates the expression it extracts: "9+5 is a number." scores 1 for the answer 14.
+    SmolLM2-135M-Instruct trained with it on generated arithmetic learned exactly this (bench/README.md)."""
+    assert math_verify_score("9+5 is a number.", "14") == 1.0
+    assert rewards.last_number_score("9+5 is a number.", "14") == 0.0
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_last_number(name):
+    completion, answer, expected = ADVERSARIAL[name]
+    score, dt = timed(rewards.last_number_score, completion, answer)
+    assert score in (0.0, 1.0)
+    assert dt <= LIMIT_S, f"{name}: {dt:.3f} s"

