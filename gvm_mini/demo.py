@@ -48,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, validate
+from .rundir import atomic_savefig, atomic_write_text  # a kill never leaves a torn summary or figure
 
 __all__ = ["TASK", "SFT", "RuleSFT", "METHODS", "CHAINS_METHODS", "BUDGET", "QUICK_BUDGET", "MIN_GAIN",
            "rule_sft_solution", "slipped_solution", "warm_start", "demo_config", "run_demo", "run_jobs", "summarize_runs"]
@@ -297,7 +298,7 @@ def _run_one(job: tuple) -> tuple:
 
             cfg = replace(cfg, **overrides)
         run(cfg, out, resume=out.exists())
-        _write_text(done, "ok")
+        atomic_write_text(done, "ok")
     return label, seed, time.perf_counter() - t0
 
 
@@ -438,8 +439,8 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: in
     if gvm:
         _plot_allocation_by_family(out / f"{gvm[0]}-s{seeds[0]}", out / "allocation.png", families, plt)
     summary["table"] = _table(summary, labels)
-    _write_text(out / "summary.md", summary["table"] + "\n")
-    _write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
+    atomic_write_text(out / "summary.md", summary["table"] + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
     return summary
 
 
@@ -455,18 +456,6 @@ def _machine() -> str:
     import platform
 
     return platform.processor() or platform.machine()
-
-
-def _write_text(path: Path, text: str) -> None:
-    from .rundir import atomic_write_text
-
-    atomic_write_text(path, text)  # a kill never leaves a torn summary
-
-
-def _savefig(fig, path: Path, **kw) -> None:
-    from .rundir import atomic_savefig
-
-    atomic_savefig(fig, path, **kw)
 
 
 def _fmt_reach(s: dict, name: str, fmt: str) -> str:
@@ -537,7 +526,7 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
         row[2].set_title("against M-steps (the paper's x-axis: pilots free)", fontsize=10)
     fig.suptitle(f"Test accuracy during RL, mean ± std over {len(seeds)} seeds (dotted: start)")
     fig.tight_layout()
-    _savefig(fig, out / "curves.png", dpi=100)
+    atomic_savefig(fig, out / "curves.png", dpi=100)
     plt.close(fig)
 
 
@@ -564,7 +553,7 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
     axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms; colour: uniform / GVM / filter), mean over seeds")
     fig.tight_layout()
-    _savefig(fig, out / "families.png", dpi=100)
+    atomic_savefig(fig, out / "families.png", dpi=100)
     plt.close(fig)
 
 
@@ -597,7 +586,7 @@ def _plot_allocation_by_family(run_dir: Path, path: Path, families: list[str], p
     ax.set_title(f"Proposition-1 allocation, {run_dir.name}: every prompt of every iteration")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _savefig(fig, path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -685,7 +674,7 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
     summary["task"] = task
     summary["wall_seconds"] = {"warm_start": t_sft, "runs": t_runs, "total": time.perf_counter() - t0,
                                "per_run": {f"{lab}-s{s}": t for lab, s, t in times}}
-    _write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
     print(summary["table"])
     figs = ", ".join(str(out / f) for f in ("curves.png", "families.png", "allocation.png") if (out / f).exists())
     print(f"\nfigures: {figs}; warm start {t_sft:.0f} s, runs {t_runs:.0f} s, total {summary['wall_seconds']['total']:.0f} s")
