@@ -112,7 +112,7 @@ def _run_notes(cfg, out: Path) -> list[str]:
 def _cmd_eval(args) -> int:
     from .config import load_config
     from .config import replace as cfg_replace
-    from .em import _prompt_texts, build_policy, load_problems
+    from .em import build_policy, load_problems, prompt_texts
     from .evaluate import evaluate_policy
     from .rewards import get_verifier
 
@@ -142,7 +142,7 @@ def _cmd_eval(args) -> int:
         with quiet_loading():
             model = PeftModel.from_pretrained(model, args.adapter)
     res = evaluate_policy(
-        model, tokenizer, _prompt_texts(cfg, tokenizer, test), [p.answer for p in test], get_verifier(cfg.verifier),
+        model, tokenizer, prompt_texts(cfg, tokenizer, test), [p.answer for p in test], get_verifier(cfg.verifier),
         k=args.k or cfg.eval_samples, temperature=cfg.eval_temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_completion_length, batch_size=cfg.sample_batch_size, seed=cfg.seed, progress=cfg.progress,
     )
@@ -175,7 +175,7 @@ def _cmd_plot(args) -> int:
 def _cmd_allocate(args) -> int:
     from .config import ConfigError, load_config
     from .em import build_policy, check_model_request, load_problems
-    from .verl_export import export_allocation, pilot_statistics
+    from .verl_export import allocate_prompt_set, write_sample_sizes
 
     cfg = load_config(args.config, args.overrides)
     if cfg.allocation == "uniform":
@@ -185,11 +185,9 @@ def _cmd_allocate(args) -> int:
     if args.limit is not None:
         train = train[: args.limit]
     model, tokenizer = build_policy(cfg)
-    p, G, tokens = pilot_statistics(cfg, model, tokenizer, train)
+    result = allocate_prompt_set(cfg, model, tokenizer, train)
     rows = [q.meta["index"] for q in train] if all("index" in q.meta for q in train) else None
-    summary = export_allocation(cfg, p, G, args.out, rows=rows)
-    summary["pilot_tokens"] = tokens
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(write_sample_sizes(cfg, result, args.out, rows=rows), indent=1))
     return 0
 
 

@@ -19,6 +19,14 @@ from typing import Any
 
 import yaml
 
+from .allocation import RULES
+from .atomic import atomic_write_text
+from .data import TASKS
+from .estimators import ESTIMATORS
+from .gradnorm import PARAM_SETS
+from .losses import LOSS_TYPES, PROMPT_WEIGHTINGS
+from .rewards import VERIFIERS as VERIFIER_FUNCTIONS
+
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "save_config", "validate"]
 
 
@@ -26,18 +34,17 @@ class ConfigError(ValueError):
     """A user-fixable problem with the configuration (or its inputs); the message is one line."""
 
 
+# Option lists: each is written once, in the module that implements the options; only the options
+# that no lower module owns are written here.
 ALGORITHMS = ("raft", "raftpp", "grpo")
-ALLOCATIONS = ("gvm", "uniform", "acceptance_only", "reward_variance", "filter_extremes", "gvm_tokens", "knapsack")
-GRADNORM_PARAMS = ("embed_tokens", "lm_head", "lora", "all")
-LOSS_TYPES = ("token_mean", "seq_mean_token_mean")
-VERIFIERS = ("exact", "math_verify", "last_number")  # gvm_mini.rewards.VERIFIERS
+ALLOCATIONS = tuple(RULES)
+GRADNORM_PARAMS = PARAM_SETS
+VERIFIERS = tuple(VERIFIER_FUNCTIONS)
 BACKENDS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 KL_REFERENCES = ("iteration_start", "initial")
 OLD_LOGPROBS = ("recompute", "behaviour")
-ESTIMATORS = ("paper", "bayes")  # gvm_mini.estimators
 PILOTS = ("fresh", "reuse", "history")
-PROMPT_WEIGHTINGS = ("tokens", "prompt", "lemma1")  # gvm_mini.losses.prompt_weights
 REPORT_TO = ("none", "tensorboard")
 
 
@@ -59,7 +66,7 @@ class Config:
     gradient_checkpointing: bool = False
 
     # --- data --------------------------------------------------------------------------------
-    dataset: str = "arithmetic"  # arithmetic | rules (the demo's task) | champ | jsonl:PATH | hub:NAME
+    dataset: str = "arithmetic"  # a generated task of gvm_mini.data.TASKS (arithmetic, rules) | champ | jsonl:PATH | hub:NAME
     eval_dataset: str | None = None  # default: the held-out split of `dataset`
     train_size: int = 256
     task_min_operands: int = 2  # dataset=arithmetic only: the generated task's shape
@@ -122,6 +129,7 @@ class Config:
     eval_samples: int = 4  # k of Average@k / pass@k
     eval_temperature: float = 1.0
     eval_size: int | None = None  # None = the whole eval split
+    group_key: str | None = None  # a Problem.meta key (e.g. "family"): eval records add Average@k per group
 
     # --- bookkeeping ---------------------------------------------------------------------------
     seed: int = 0
@@ -266,9 +274,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML to ``path`` atomically (temporary file, fsync, rename; see
-    :func:`gvm_mini.rundir.atomic_write_text`): a kill leaves the previous file or the new one."""
-    from .rundir import atomic_write_text
-
+    :func:`gvm_mini.atomic.atomic_write_text`): a kill leaves the previous file or the new one."""
     atomic_write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))
 
 
@@ -367,8 +373,8 @@ def validate(cfg: Config) -> Config:
     if not cfg.task_ops or set(cfg.task_ops) - set("+-*"):
         raise ConfigError(f"task_ops must be a non-empty string of + - *, got {cfg.task_ops!r}")
     ds = cfg.dataset
-    if not (ds in ("arithmetic", "rules", "champ") or ds.startswith("jsonl:") or ds.startswith("hub:")):
-        raise ConfigError(f"dataset must be arithmetic, rules, champ, jsonl:PATH or hub:NAME, got {ds!r}")
+    if not (ds in TASKS or ds == "champ" or ds.startswith("jsonl:") or ds.startswith("hub:")):
+        raise ConfigError(f"dataset must be {', '.join(TASKS)}, champ, jsonl:PATH or hub:NAME, got {ds!r}")
     if ds.startswith("jsonl:") and not Path(ds[6:]).is_file():
         raise ConfigError(f"dataset file not found: {ds[6:]}")
     if cfg.eval_dataset and cfg.eval_dataset.startswith("jsonl:") and not Path(cfg.eval_dataset[6:]).is_file():

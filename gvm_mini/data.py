@@ -9,9 +9,8 @@ Sources:
 - :func:`arithmetic_problems`: multi-step integer arithmetic with graded difficulty and short worked
   solutions ending in ``\\boxed{answer}``, deterministic from a seed; small enough for a tiny model
   to learn on a CPU, and verifiable by :func:`gvm_mini.rewards.exact_match_score`.
-- :func:`rule_problems`: the demo's task, ``rule X: a b``; each family ``X`` is solved by one short
-  named procedure (:data:`RULE_FAMILIES`), so what a policy must learn per family is *which* procedure
-  to write, a skill that does not transfer between families.
+- :data:`TASKS`: generated tasks by name (``dataset: arithmetic``, and ``rules``, the demo's task,
+  which lives with the demo in :mod:`gvm_mini.demo.task`), each a loader ``cfg -> (train, test)``.
 - :func:`load_jsonl`: one JSON object per line (``problem`` and ``answer`` keys by default).
 - :func:`load_champ`: the 270 competition problems of the ``champ-dataset`` PyPI package (MIT).
 - :func:`load_hub`: Numina-Math (training, METHOD.md §7) and the five evaluation benchmarks
@@ -33,10 +32,8 @@ from gvm_mini.rewards import extract_boxed
 __all__ = [
     "Problem",
     "arithmetic_problems",
-    "RULE_PROCEDURES",
-    "RULE_FAMILIES",
-    "rule_solution",
-    "rule_problems",
+    "TASKS",
+    "task_loader",
     "split_train_test",
     "load_jsonl",
     "HubSpec",
@@ -172,71 +169,34 @@ def arithmetic_problems(
 
 
 # ----------------------------------------------------------------------------------------------
-# (a') the demo's rule task: families of prompts, one correct named procedure each
+# generated tasks by name (``dataset: NAME``)
 # ----------------------------------------------------------------------------------------------
 
-#: procedure name -> (value of (a, b), how the solution writes the computation)
-RULE_PROCEDURES: dict[str, tuple] = {
-    "add": (lambda a, b: a + b, "{a}+{b}"),
-    "sub": (lambda a, b: a - b, "{a}-{b}"),
-    "rsub": (lambda a, b: b - a, "{b}-{a}"),
-    "inc": (lambda a, b: a + b + 1, "{a}+{b}+1"),
-    "dec": (lambda a, b: a + b - 1, "{a}+{b}-1"),
-    "neg": (lambda a, b: -a - b, "-{a}-{b}"),
-    "dbl": (lambda a, b: 2 * a + b, "2*{a}+{b}"),
-    "mul": (lambda a, b: a * b, "{a}*{b}"),
+
+def arithmetic_task(cfg) -> tuple[list[Problem], list[Problem]]:
+    """The ``dataset: arithmetic`` loader: ``train_size + test_size`` problems of the shape ``task_*``
+    from ``data_seed``, the first ``train_size`` for training."""
+    problems = arithmetic_problems(
+        cfg.train_size + cfg.test_size, seed=cfg.data_seed, min_operands=cfg.task_min_operands,
+        max_operands=cfg.task_max_operands, max_digits=cfg.task_max_digits, ops=tuple(cfg.task_ops),
+    )
+    return problems[: cfg.train_size], problems[cfg.train_size :]
+
+
+#: generated tasks: ``dataset`` name -> ``"module:function"``, a loader ``cfg -> (train, test)``,
+#: imported when the task is used (the demo's task lives with the demo, outside the library)
+TASKS: dict[str, str] = {
+    "arithmetic": "gvm_mini.data:arithmetic_task",
+    "rules": "gvm_mini.demo.task:rule_task",
 }
 
-#: family letter -> its correct procedure (the demo's warm start decides how often each is written)
-RULE_FAMILIES: dict[str, str] = {"A": "add", "B": "sub", "C": "rsub", "D": "inc", "E": "dec", "F": "neg", "G": "dbl", "H": "mul"}
 
+def task_loader(name: str):
+    """The loader function of the generated task ``name`` (:data:`TASKS`)."""
+    import importlib
 
-def rule_solution(procedure: str, a: int, b: int) -> str:
-    """The worked solution of procedure ``procedure`` on ``(a, b)``: ``"dbl: 2*7+3=17. \\boxed{17}"``."""
-    fn, fmt = RULE_PROCEDURES[procedure]
-    value = fn(a, b)
-    return f"{procedure}: {fmt.format(a=a, b=b)}={value}. \\boxed{{{value}}}"
-
-
-def _rule_pairs() -> list[tuple[int, int]]:
-    """Operand pairs on which the eight procedures give eight different answers: a, b in 2..9, a != b
-    (sub = rsub at a = b), {a, b} != {2, 3} (mul = inc there) and (a, b) != (2, 4) (mul = dbl there).
-    53 pairs; checked in tests/test_data.py."""
-    return [(a, b) for a in range(2, 10) for b in range(2, 10) if a != b and {a, b} != {2, 3} and (a, b) != (2, 4)]
-
-
-def rule_problems(test_per_family: int, seed: int, families: Sequence[str] | None = None) -> tuple[list[Problem], list[Problem]]:
-    """(train, test) of the rule task: every family of :data:`RULE_FAMILIES` on every pair of
-    :func:`_rule_pairs` (53 pairs), problem ``"rule G: 7 3"``, answer the value of the family's
-    procedure (``dbl``: 2*7+3 = 17). ``test_per_family`` pairs per family (drawn with ``seed``) are held out.
-
-    Since the eight procedures disagree on every pair, a completion is correct exactly when it writes
-    the family's procedure and computes it right. ``meta``: ``family``, ``procedure``, ``a``, ``b``
-    and ``difficulty`` (the family's index, A = 0).
-    """
-    families = list(RULE_FAMILIES) if families is None else list(families)
-    pairs = _rule_pairs()
-    if not 0 <= test_per_family < len(pairs):
-        raise ValueError(f"test_per_family must be in 0..{len(pairs) - 1}, got {test_per_family}")
-    unknown = [f for f in families if f not in RULE_FAMILIES]
-    if unknown:
-        raise ValueError(f"unknown rule families {unknown}; choose from {list(RULE_FAMILIES)}")
-    rng = random.Random(seed)
-    train, test = [], []
-    for fam in families:
-        proc = RULE_FAMILIES[fam]
-        order = list(pairs)
-        rng.shuffle(order)
-        for j, (a, b) in enumerate(order):
-            prob = Problem(
-                problem=f"rule {fam}: {a} {b}", answer=str(RULE_PROCEDURES[proc][0](a, b)),
-                solution=rule_solution(proc, a, b),
-                meta={"source": "rules", "family": fam, "procedure": proc, "a": a, "b": b,
-                      "difficulty": list(RULE_FAMILIES).index(fam)},
-            )
-            (test if j < test_per_family else train).append(prob)
-    rng.shuffle(train)
-    return train, test
+    module, _, function = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def split_train_test(

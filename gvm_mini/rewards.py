@@ -57,6 +57,9 @@ __all__ = [
     "warm_up_verify_pool",
     "VERIFIERS",
     "get_verifier",
+    "ACCEPT_ABOVE",
+    "accepted",
+    "score_rollout",
 ]
 
 MAX_COMPLETION_CHARS = 32_768
@@ -604,7 +607,7 @@ def last_number_score(completion, answer) -> float:
         return 0.0
 
 
-VERIFIERS: dict[str, Verifier] = {"math_verify": math_verify_score, "exact": exact_match_score,
+VERIFIERS: dict[str, Verifier] = {"exact": exact_match_score, "math_verify": math_verify_score,
                                   "last_number": last_number_score}
 """Verifier name -> ``fn(completion, answer) -> float`` in {0, 1}."""
 
@@ -617,6 +620,24 @@ def get_verifier(name: str) -> Verifier:
         raise ValueError(
             f"unknown verifier {name!r}; choose one of {', '.join(sorted(VERIFIERS))}"
         ) from None
+
+
+ACCEPT_ABOVE = 0.5
+"""RAFT's rejection step accepts a sample whose reward is above this (the verifiers return 0 or 1)."""
+
+
+def accepted(rewards):
+    """The rejection step: True where a sample is accepted (reward > :data:`ACCEPT_ABOVE`)."""
+    return rewards > ACCEPT_ABOVE
+
+
+def score_rollout(rollout, problems, verifier: Verifier):
+    """Rewards of a rollout's samples, a NumPy float array: ``verifier(text, answer)`` of sample ``s``
+    against ``problems[rollout.prompt_index[s]].answer``."""
+    import numpy as np
+
+    return np.array([verifier(t, problems[i].answer) for t, i in zip(rollout.texts, rollout.prompt_index)],
+                    dtype=np.float64)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:  # pragma: no cover - the worker process

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["Rollout", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
-           "to_batch", "expand_counts", "length_buckets", "plan_micro_batches"]
+           "to_batch", "expand_counts", "sample_policy"]
 
 
 @dataclass
@@ -421,74 +421,6 @@ def sample_vllm_policy(engine: VLLMEngine, policy, tokenizer, prompts: Sequence[
                            tokenizer=tokenizer, **kw)
 
 
-def length_buckets(lengths: Sequence[int], max_size: int | None = None, *, overhead_tokens: int = 64,
-                   max_pieces: int = 8) -> list[np.ndarray]:
-    """Cut a batch into micro-batches of similar length, so that each is padded only to its own longest.
-
-    Returns index arrays into ``lengths`` covering every position once, longest first (a stable sort).
-    With ``max_size`` the pieces hold at most ``max_size`` sequences each (the user's micro-batch, a
-    memory bound). Without it the number of equal-count pieces ``K <= max_pieces`` is the one that
-    minimises ``padded tokens + K * overhead_tokens`` (one more forward/backward call costs about
-    ``overhead_tokens`` tokens' worth of compute on small models), so a batch of equal lengths stays in
-    one piece. Example: lengths ``[10, 100, 12, 98]`` -> ``[[1, 3], [2, 0]]`` (396 padded tokens in
-    one piece, 200 + 24 + 64 in two).
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    n = order.size
-    if n == 0:
-        return []
-    if max_size:
-        return [order[s : s + max_size] for s in range(0, n, max_size)]
-    srt = lengths[order]
-    best, best_cost = [order], float(n * srt[0])
-    for k in range(2, min(max_pieces, n) + 1):
-        cuts = np.linspace(0, n, k + 1).round().astype(int)
-        cost = sum(float((b - a) * srt[a]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a) + (k - 1) * overhead_tokens
-        if cost < best_cost:
-            best, best_cost = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a], cost
-    return best
-
-
-def plan_micro_batches(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                       max_size: int | None = None, *, share_prompts: bool = False, overhead_tokens: int = 64,
-                       max_pieces: int = 8) -> list[tuple[np.ndarray, bool]]:
-    """Micro-batches of one mini-batch as ``(indices, shared)`` pairs, the cheaper of two layouts in
-    tokens processed (a forward/backward call counted as ``overhead_tokens`` more):
-
-    * plain (``shared=False``): :func:`length_buckets` of the total lengths, each piece padded to its
-      own longest ``prompt + completion``;
-    * shared prompts (``shared=True``, only if ``share_prompts``): pieces of samples sorted by
-      completion length, each encoding its distinct prompts once and its completions against their
-      cache (:func:`gvm_mini.losses.token_logprobs_shared_prompts`): a piece costs ``distinct prompts x
-      longest prompt + samples x longest completion`` (two calls).
-
-    ``max_size`` bounds the samples per piece in both. Example: 8 samples of one 30-token prompt with
-    10-token completions cost 320 tokens plain and 30 + 80 + 64 shared.
-    """
-    P = np.array([len(p) for p in prompt_ids], dtype=np.int64)
-    C = np.array([len(c) for c in completion_ids], dtype=np.int64)
-    n = P.size
-    if n == 0:
-        return []
-    plain = length_buckets(P + C, max_size, overhead_tokens=overhead_tokens, max_pieces=max_pieces)
-    best = [(b, False) for b in plain]
-    best_cost = sum(float(len(b) * (P + C)[b].max()) for b in plain) + (len(plain) - 1) * overhead_tokens
-    if not share_prompts:
-        return best
-    keys = np.unique([hash(tuple(p)) for p in prompt_ids], return_inverse=True)[1].reshape(-1)
-    order = np.argsort(-C, kind="stable")
-    options = [max(1, -(-n // max_size))] if max_size else range(1, min(max_pieces, n) + 1)
-    for k in options:
-        cuts = np.linspace(0, n, k + 1).round().astype(int) if not max_size else np.r_[np.arange(0, n, max_size), n]
-        pieces = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        cost = sum(float(np.unique(keys[b]).size * P[b].max() + len(b) * max(C[b].max(), 1)) for b in pieces)
-        cost += (2 * len(pieces) - 1) * overhead_tokens
-        if cost < best_cost:
-            best, best_cost = [(b, True) for b in pieces], cost
-    return best
-
-
 def to_batch(rollout: Rollout, pad_id: int, idx: Sequence[int] | None = None):
     """Right-padded training tensors for (a subset of) a rollout.
 
@@ -512,3 +444,22 @@ def to_batch(rollout: Rollout, pad_id: int, idx: Sequence[int] | None = None):
         cmask[r, len(p) : n] = 1
         blogp[r, len(p) : n] = torch.from_numpy(np.nan_to_num(np.asarray(lp, dtype=np.float32)))
     return input_ids, attn, cmask, blogp
+
+
+def sample_policy(cfg, model, tokenizer, prompts: Sequence[str], counts: Sequence[int], seed: int, desc: str = "sample",
+                  temperature: float | None = None) -> Rollout:
+    """``counts[i]`` completions of ``prompts[i]`` from the policy with the run's sampling settings
+    (``cfg.temperature`` unless ``temperature`` is given, ``top_p``, ``max_completion_length``): the HF
+    decode loop, or with ``backend: vllm`` one colocated engine sampling the current LoRA adapter as a
+    LoRA request (no merge)."""
+    temperature = cfg.temperature if temperature is None else temperature
+    if cfg.backend == "vllm":
+        return sample_vllm_policy(
+            vllm_engine(cfg), model, tokenizer, prompts, counts, temperature=temperature, top_p=cfg.top_p,
+            max_new_tokens=cfg.max_completion_length, seed=seed, progress=cfg.progress,
+        )
+    return sample_hf(
+        model, tokenizer, prompts, counts, temperature=temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.max_completion_length, batch_size=cfg.sample_batch_size,
+        max_batch_tokens=cfg.max_batch_tokens, seed=seed, progress=cfg.progress, desc=desc,
+    )

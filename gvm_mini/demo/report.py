@@ -1,0 +1,290 @@
+"""The demo's report: every arm read at equal generated tokens (pilots counted) and at equal M-steps
+(the paper's accounting), per family, and its figures (``curves.png``, ``families.png``,
+``allocation.png``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_savefig, atomic_write_text  # a kill never leaves a torn summary or figure
+from ..plots import X_AXES, read_jsonl
+from .task import RULE_FAMILIES
+
+__all__ = ["MIN_GAIN", "BASELINE_OF", "summarize_runs", "machine"]
+
+
+#: a tokens- or M-steps-to-target ratio is computed only when the uniform baseline gained at least this
+#: much test accuracy over its start (one eval of 128 prompts x 4 samples has a standard error of about 0.02)
+MIN_GAIN = 0.05
+
+#: the uniform baseline of each arm, and the colours / line styles of the figures
+BASELINE_OF = {"GVM-RAFT++": "RAFT++", "Filter-RAFT++": "RAFT++", "GVM-GRPO": "GRPO", "Filter-GRPO": "GRPO"}
+_COLOR = {"uniform": "tab:blue", "gvm": "tab:red", "filter_extremes": "tab:green"}
+
+
+def _rule_of(label: str) -> str:
+    return "gvm" if label.startswith("GVM") else "filter_extremes" if label.startswith("Filter") else "uniform"
+
+
+def _evals(out: Path, label: str, seed: int) -> list[dict]:
+    return [r for r in read_jsonl(out / f"{label}-s{seed}" / "metrics.jsonl") if r["kind"] == "eval"]
+
+
+def _value_at(evals: list[dict], key: str, x: float, field: str = "avg_at_k", family: str | None = None) -> float:
+    """Linear interpolation of an eval curve at ``x`` (the curves are compared at equal x, not at
+    their last points, which overshoot the budget by up to one M-step)."""
+    xs = np.array([e[key] for e in evals], float)
+    ys = np.array([e["by_group"][family] if family else e[field] for e in evals], float)
+    return float(np.interp(x, xs, ys))
+
+
+def _mean_curve(runs: list[list[dict]], key: str, xmax: float, n: int = 80, family: str | None = None):
+    grid = np.linspace(0, xmax, n)
+    ys = np.array([[_value_at(r, key, x, family=family) for x in grid] for r in runs])
+    return grid, ys.mean(0), ys.std(0)
+
+
+def _first_reach(grid: np.ndarray, mean: np.ndarray, target: float) -> float | None:
+    hit = np.flatnonzero(mean >= target - 1e-12)
+    return float(grid[hit[0]]) if hit.size else None
+
+
+def _k_formatter(ax) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:.0f}k" if v >= 1000 else f"{v:.0f}"))
+
+
+def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: int,
+                   baselines: dict[str, str] | None = None, rule_of: dict[str, str] | None = None) -> dict:
+    """The summary table (``summary.md`` / ``summary.json``) and figures (``curves.png``,
+    ``families.png``, ``allocation.png``) from the run directories under ``out``.
+
+    Honest accounting: every arm is read at the same number of generated tokens, ``budget``, pilots
+    included (curves interpolated). The paper's accounting: M-steps, pilots not counted.
+    ``baselines`` maps an arm to the uniform arm it is compared with (default :data:`BASELINE_OF`);
+    ``rule_of`` maps an arm to its allocation rule (colours; default: from the label).
+    """
+    baselines = BASELINE_OF if baselines is None else baselines
+    rules = {lab: (rule_of or {}).get(lab) or _rule_of(lab) for lab in labels}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {lab: [_evals(out, lab, s) for s in seeds] for lab in labels}
+    metrics = {lab: [read_jsonl(out / f"{lab}-s{s}" / "metrics.jsonl") for s in seeds] for lab in labels}
+    families = sorted(runs[labels[0]][0][0].get("by_group", {}))
+    # equal M-steps: the fewest M-steps any arm made inside the budget (the pilots cost the GVM and
+    # filter arms M-steps at equal tokens)
+    m_star = min(_value_at(r, "tokens", budget, field="global_step") for lab in labels for r in runs[lab])
+    summary: dict = {"budget_tokens": budget, "seeds": seeds, "families": families, "equal_m_steps": m_star,
+                     "machine": machine(), "methods": {}}
+    for lab in labels:
+        rs, ms = runs[lab], metrics[lab]
+        finals = np.array([_value_at(r, "tokens", budget) for r in rs])
+        steps = [[m for m in mm if m["kind"] == "step"] for mm in ms]
+        walls = [mm[-1]["wall"] for mm in ms]
+        share = np.mean([(w["pilot"] + w["gradnorm"] + w["allocate"]) / max(sum(w.values()) - w["eval"] - w.get("checkpoint", 0), 1e-9) for w in walls])
+        summary["methods"][lab] = {
+            "algorithm": "grpo" if "GRPO" in lab else "raftpp", "allocation": rules[lab],
+            "start_acc": float(np.mean([r[0]["avg_at_k"] for r in rs])),
+            "final_acc_mean": float(finals.mean()), "final_acc_std": float(finals.std()),
+            "final_acc_seeds": finals.tolist(),
+            "acc_at_equal_m_steps_mean": float(np.mean([_value_at(r, "global_step", m_star) for r in rs])),
+            "acc_at_equal_m_steps_std": float(np.std([_value_at(r, "global_step", m_star) for r in rs])),
+            "tokens": float(np.mean([mm[-1]["tokens"] for mm in ms])),
+            "pilot_tokens": float(np.mean([mm[-1]["pilot_tokens"] for mm in ms])),
+            "m_steps": float(np.mean([_value_at(r, "tokens", budget, field="global_step") for r in rs])),
+            "updates": float(np.mean([mm[-1]["updates"] for mm in ms])),
+            "gvm_stage_share_of_train_wall": float(share),
+            "train_truncated_frac": float(np.mean([st["truncated_frac"] for ss in steps for st in ss if st.get("truncated_frac") is not None])),
+            "eval_truncated_frac": float(np.mean([e["truncated_frac"] for r in rs for e in r])),
+        }
+        if families:
+            summary["methods"][lab]["start_by_family"] = {f: float(np.mean([r[0]["by_group"][f] for r in rs])) for f in families}
+            summary["methods"][lab]["final_by_family"] = {f: float(np.mean([_value_at(r, "tokens", budget, family=f) for r in rs])) for f in families}
+        allocs = [read_jsonl(out / f"{lab}-s{s}" / "allocations.jsonl") for s in seeds]
+        if rules[lab] != "uniform":
+            summary["methods"][lab]["dropped_prompt_frac"] = float(np.mean([np.mean(np.asarray(a["n"]) == 0) for al in allocs for a in al]))
+            if families:
+                mean_n = {}
+                for f in families:
+                    vals = [n for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"]) if families[d] == f]
+                    mean_n[f] = float(np.mean(vals)) if vals else None
+                summary["methods"][lab]["mean_n_by_family"] = mean_n
+    # tokens / M-steps to reach the uniform baseline's final accuracy, on the mean curves over seeds
+    for lab in labels:
+        base = baselines.get(lab, lab)
+        if base not in labels:
+            continue
+        sb = summary["methods"][base]
+        if sb["final_acc_mean"] - sb["start_acc"] < MIN_GAIN:
+            summary["methods"][lab]["note"] = (f"the uniform baseline gained less than {MIN_GAIN} over its start: "
+                                               "a tokens-to-target ratio would measure noise")
+            continue
+        target = sb["final_acc_mean"]
+        for x, key, name in (("tokens", "tokens", "tokens"), ("steps", "global_step", "m_steps")):
+            reach = {}
+            for l2 in (base, lab):
+                xmax = min(r[-1][key] for r in runs[l2]) if x == "steps" else budget
+                g, mean, _ = _mean_curve(runs[l2], key, xmax, n=200)
+                reach[l2] = _first_reach(g, mean, target)
+            summary["methods"][lab][f"{name}_to_baseline_final"] = reach[lab]
+            if lab != base:
+                summary["methods"][lab][f"{name}_ratio_vs_baseline"] = (
+                    reach[base] / reach[lab] if reach[base] and reach[lab] else None)
+    if rule_of is None:  # the demo's six arms; experiments with other arms make their own figures
+        _plot_curves(out, runs, labels, seeds, budget, plt, X_AXES)
+        if families:
+            _plot_families(out, runs, labels, families, budget, plt)
+    gvm = [lab for lab in labels if lab.startswith("GVM")]
+    if gvm:
+        _plot_allocation_by_family(out / f"{gvm[0]}-s{seeds[0]}", out / "allocation.png", families, plt)
+    summary["table"] = _table(summary, labels)
+    atomic_write_text(out / "summary.md", summary["table"] + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
+    return summary
+
+
+def machine() -> str:
+    """The CPU model (results are deterministic per machine, not across AVX2 / AVX-512 CPUs)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                return line.split(":", 1)[1].strip() + (" (AVX-512)" if "avx512f" in flags else " (AVX2, no AVX-512)")
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _fmt_reach(s: dict, name: str, fmt: str) -> str:
+    if "note" in s:
+        return "n/a: baseline gained < 0.05"
+    v, r = s.get(f"{name}_to_baseline_final"), s.get(f"{name}_ratio_vs_baseline")
+    return "not reached" if v is None else fmt.format(v) + ("" if r is None else f" ({r:.2f}x)")
+
+
+def _table(summary: dict, labels: list[str]) -> str:
+    m_star = summary["equal_m_steps"]
+    lines = [
+        f"Equal generated tokens ({summary['budget_tokens']:,}, pilots counted) and equal M-steps ({m_star:.0f}, the paper's "
+        f"x-axis, pilots not counted); mean ± std over {len(summary['seeds'])} seeds; measured on {summary['machine']}.",
+        "",
+        "| method | start acc | final acc at equal tokens | acc at equal M-steps | tokens (pilot) | M-steps | "
+        "tokens to reach uniform's final (ratio) | M-steps to reach it (ratio) | GVM stage share of train wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lab in labels:
+        s = summary["methods"][lab]
+        lines.append(
+            f"| {lab} | {s['start_acc']:.3f} | {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} | "
+            f"{s['acc_at_equal_m_steps_mean']:.3f} ± {s['acc_at_equal_m_steps_std']:.3f} | "
+            f"{s['tokens']:,.0f} ({s['pilot_tokens']:,.0f}) | {s['m_steps']:.1f} | {_fmt_reach(s, 'tokens', '{:,.0f}')} | "
+            f"{_fmt_reach(s, 'm_steps', '{:.1f}')} | {100 * s['gvm_stage_share_of_train_wall']:.1f}% |"
+        )
+    fams = summary["families"]
+    if fams:
+        lines += ["", "Per family: test Average@4 at the start -> at equal tokens (mean over seeds); "
+                  "for the pilot-based arms, mean n_i per prompt in brackets (uniform: 8).", "",
+                  "| method | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+        first = summary["methods"][labels[0]]
+        lines.append("| start | " + " | ".join(f"{first['start_by_family'][f]:.2f}" for f in fams) + " |")
+        for lab in labels:
+            s = summary["methods"][lab]
+            mean_n = s.get("mean_n_by_family", {})
+            cells = [f"{s['final_by_family'][f]:.2f}" + (f" [{mean_n[f]:.1f}]" if mean_n.get(f) is not None else "") for f in fams]
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    trunc = max(max(s["train_truncated_frac"], s["eval_truncated_frac"]) for s in summary["methods"].values())
+    lines += ["", f"Truncated completions (hit max_completion_length): at most {100 * trunc:.2f}% of any arm's samples."]
+    return "\n".join(lines)
+
+
+def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], budget: int, plt, X_AXES) -> None:
+    algos = [a for a in ("RAFT++", "GRPO") if any(lab.endswith(a) for lab in labels)]
+    fig, axes = plt.subplots(len(algos), 3, figsize=(15, 4 * len(algos)), squeeze=False)
+    for row, algo in zip(axes, algos):
+        arms = [lab for lab in labels if lab.endswith(algo) and (lab == algo or lab.split("-", 1)[1] == algo)]
+        start = np.mean([runs[lab][i][0]["avg_at_k"] for lab in arms for i in range(len(seeds))])
+        for ax, x in zip(row, ["tokens", "wall", "steps"]):
+            key = X_AXES[x][0]
+            for lab in arms:
+                xmax = budget if x == "tokens" else min(r[-1][key] for r in runs[lab])
+                g, mean, std = _mean_curve(runs[lab], key, xmax)
+                c = _COLOR[_rule_of(lab)]
+                ax.plot(g, mean, label=lab, color=c)
+                ax.fill_between(g, mean - std, mean + std, alpha=0.15, color=c)
+            ax.axhline(start, color="gray", ls=":", lw=1, label="start")
+            if x == "tokens":
+                _k_formatter(ax)
+            ax.set_xlabel(X_AXES[x][1])
+            ax.set_ylabel("test Average@4")
+            ax.grid(alpha=0.3)
+        row[0].legend(loc="lower right", fontsize=8)
+        row[0].set_title(f"{algo}: uniform vs GVM vs filter, against tokens", fontsize=10)
+        row[1].set_title("against training wall time", fontsize=10)
+        row[2].set_title("against M-steps (the paper's x-axis: pilots free)", fontsize=10)
+    fig.suptitle(f"Test accuracy during RL, mean ± std over {len(seeds)} seeds (dotted: start)")
+    fig.tight_layout()
+    atomic_savefig(fig, out / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str], budget: int, plt) -> None:
+    cols = 4
+    rows = (len(families) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, f in zip(axes.flat, families):
+        for lab in labels:
+            g, mean, _ = _mean_curve(runs[lab], "tokens", budget, n=40, family=f)
+            ax.plot(g, mean, color=_COLOR[_rule_of(lab)], ls="-" if "RAFT" in lab else "--", label=lab)
+        start = float(np.mean([r[0]["by_group"][f] for r in runs[labels[0]]]))  # the table's start (mean over seeds)
+        ax.axhline(start, color="gray", ls=":", lw=1)
+        ax.set_title(f"family {f} ({RULE_FAMILIES.get(f, '?')}), start {start:.2f}", fontsize=10)
+        _k_formatter(ax)
+        ax.set_xlabel("generated tokens (pilots included)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test Average@4")
+    for ax in axes.flat[len(families):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms; colour: uniform / GVM / filter), mean over seeds")
+    fig.tight_layout()
+    atomic_savefig(fig, out / "families.png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_allocation_by_family(run_dir: Path, path: Path, families: list[str], plt) -> None:
+    """n_i against the pilot p_i for every prompt of every iteration, coloured by family (the paper's
+    Figure 2), with the uniform budget as a reference line."""
+    recs = read_jsonl(run_dir / "allocations.jsonl")
+    p = np.concatenate([np.asarray(r["p"], float) for r in recs])
+    n = np.concatenate([np.asarray(r["n"], float) for r in recs])
+    d = np.concatenate([np.asarray(r["difficulty"], float) for r in recs])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    jitter = np.random.default_rng(0).uniform(-0.012, 0.012, p.size)
+    if families:
+        cmap = plt.get_cmap("tab10")
+        for j, f in enumerate(families):
+            sel = d == j
+            ax.scatter(p[sel] + jitter[sel], n[sel], s=14, color=cmap(j), alpha=0.7,
+                       label=f"{f} ({RULE_FAMILIES.get(f, '?')}): {100 * np.mean(n[sel] == 0):.0f}% get 0")
+    else:
+        sc = ax.scatter(p + jitter, n, c=d, cmap="viridis", s=14)
+        fig.colorbar(sc, ax=ax, label="difficulty")
+    ax.axhline(8, color="black", ls="--", lw=1, label="uniform: 8 per prompt")
+    ax.legend(fontsize=7, ncol=2, title="family: share of its prompts with n_i = 0", title_fontsize=7)
+    ax.set_xlabel("pilot acceptance rate p_i (N' = 4 pilots)")
+    ax.set_ylabel("allocated samples n_i")
+    ax.set_title(f"Proposition-1 allocation, {run_dir.name}: every prompt of every iteration")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
