@@ -174,7 +174,7 @@ def _cmd_plot(args) -> int:
 
 def _cmd_allocate(args) -> int:
     from .config import ConfigError, load_config
-    from .em import build_policy, check_model_request, load_problems
+    from .em import build_policy, check_model_request, load_problems, phase_seed, seed_all
     from .verl_export import allocate_prompt_set, write_sample_sizes
 
     cfg = load_config(args.config, args.overrides)
@@ -184,6 +184,7 @@ def _cmd_allocate(args) -> int:
     train, _ = load_problems(cfg)
     if args.limit is not None:
         train = train[: args.limit]
+    seed_all(phase_seed(cfg.seed, "init"))  # as train does before building the policy
     model, tokenizer = build_policy(cfg)
     result = allocate_prompt_set(cfg, model, tokenizer, train)
     rows = [q.meta["index"] for q in train] if all("index" in q.meta for q in train) else None

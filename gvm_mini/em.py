@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data, models, rundir
+from . import data, models, rewards, rundir
 from .config import Config, ConfigError
 from .estep import allocate_budget, e_step
 from .evaluate import evaluate_policy
 from .mstep import initial_reference, kl_reference, m_step, make_optimizer
-from .rewards import accepted, get_verifier, score_rollout
+from .rewards import accepted, score_rollout
 from .rollout import Rollout, sample_policy
 from .rundir import RunState
 
@@ -180,7 +180,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     CPU run ends with the same metrics and weights as an uninterrupted one.
     """
     out = Path(out)
-    verifier = get_verifier(cfg.verifier)  # user errors first: before the run directory or a model
+    verifier = rewards.get_verifier(cfg.verifier)  # user errors first: before the run directory or a model
     rundir.check_report_to(cfg.report_to)
     if model is None:
         check_model_request(cfg)
@@ -225,18 +225,18 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
             rec.generated(fresh)
             batch = Rollout.concat([reused, fresh])
             with rec.phase("reward", crash=False):
-                rewards = score_rollout(batch, step_problems, verifier)
-            step_acceptance[sl] = _acceptance(batch, rewards, len(sl))
-            est.visit.add(sl, fresh, rewards[len(reused):])  # fresh samples only: the reused ones are counted
+                scores = score_rollout(batch, step_problems, verifier)
+            step_acceptance[sl] = _acceptance(batch, scores, len(sl))
+            est.visit.add(sl, fresh, scores[len(reused):])  # fresh samples only: the reused ones are counted
             with rec.phase("update"):
                 st = {"updates": 0, "skipped_updates": 0, "zero_signal_frac": 1.0}  # no samples: nothing to learn
                 if len(batch):
                     model.train()
-                    st = m_step(cfg, model, optimizer, batch, rewards, pad_id, ref_values,
+                    st = m_step(cfg, model, optimizer, batch, scores, pad_id, ref_values,
                                 phase_seed(cfg.seed, "minibatch", t, r), prompt_p=est.p[sl] if cfg.uses_pilot else None)
             state.global_step += 1
             state.updates += st["updates"]
-            rec.log(_step_record(r, batch, rewards, len(reused), st))
+            rec.log(_step_record(r, batch, scores, len(reused), st))
             rundir.crash_point("step_logged")
             if _budget_spent(cfg, state):  # stop at M-step granularity: overshoot is at most one M-step's tokens
                 break

@@ -24,7 +24,7 @@ import torch
 
 from . import allocation as alloc
 from . import estimators
-from .gradnorm import per_sample_grad_norms
+from . import gradnorm
 from .rewards import accepted, score_rollout
 from .rollout import Rollout, sample_policy, to_batch
 
@@ -95,7 +95,7 @@ def accepted_grad_norms(cfg, model, tokenizer, pilot: Rollout, rewards: np.ndarr
     norms = []
     for s in range(0, rows.size, cfg.mini_batch_size):
         ids, attn, cmask, _ = to_batch(pilot, tokenizer.pad_token_id, rows[s : s + cfg.mini_batch_size])
-        norms.append(per_sample_grad_norms(model, ids.to(dev), attn.to(dev), cmask.to(dev),
+        norms.append(gradnorm.per_sample_grad_norms(model, ids.to(dev), attn.to(dev), cmask.to(dev),
                                            params=cfg.gradnorm_params).float().cpu())
     norms = torch.cat(norms).numpy().astype(np.float64)
     norms = np.where(np.isfinite(norms), norms, 0.0)

@@ -29,7 +29,7 @@ from .atomic import atomic_write_text
 from .config import Config
 from .em import phase_seed, prompt_texts
 from .estep import allocate_budget, e_step
-from .rewards import get_verifier
+from . import rewards
 from .rundir import Recorder, RunState
 
 __all__ = ["PromptSetAllocation", "official_filename", "allocate_prompt_set", "write_sample_sizes"]
@@ -61,7 +61,7 @@ def first_epoch_order(n_prompts: int, cfg: Config) -> np.ndarray:
 
 def allocate_prompt_set(cfg: Config, model, tokenizer, problems) -> PromptSetAllocation:
     """``train``'s E-step and allocation over every prompt of ``problems`` (module docstring)."""
-    verifier = get_verifier(cfg.verifier)
+    verifier = rewards.get_verifier(cfg.verifier)
     m = len(problems)
     p, G, cost, n = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64)
     rec = Recorder(RunState())  # counts the pilot tokens; no run directory

@@ -306,7 +306,7 @@ def test_format_chat_needs_a_template(chat_tokenizer):
 
 
 def test_rule_solution_by_hand():
-    from gvm_mini.data import rule_solution
+    from gvm_mini.demo.task import rule_solution
     from gvm_mini.rewards import exact_match_score
 
     assert rule_solution("dbl", 7, 3) == "dbl: 2*7+3=17. \\boxed{17}"
@@ -318,9 +318,9 @@ def test_rule_solution_by_hand():
 
 def test_rule_procedures_disagree_on_every_pair():
     # what makes "correct" mean "wrote the family's procedure and computed it right"
-    from gvm_mini.data import RULE_PROCEDURES, _rule_pairs
+    from gvm_mini.demo.task import RULE_PROCEDURES, rule_pairs
 
-    pairs = _rule_pairs()
+    pairs = rule_pairs()
     assert len(pairs) == 53  # 8 x 7 ordered pairs of 2..9, minus (2,3), (3,2) (mul = inc) and (2,4) (mul = dbl)
     for a, b in pairs:
         values = [fn(a, b) for fn, _ in RULE_PROCEDURES.values()]
@@ -331,7 +331,7 @@ def test_rule_procedures_disagree_on_every_pair():
 
 
 def test_rule_problems_split_per_family():
-    from gvm_mini.data import RULE_FAMILIES, rule_problems
+    from gvm_mini.demo.task import RULE_FAMILIES, rule_problems
 
     train, test = rule_problems(16, seed=1234)
     assert len(test) == 16 * 8 and len(train) == 37 * 8

@@ -20,7 +20,8 @@ import gvm_mini.gradnorm  # noqa: E402
 import gvm_mini.losses as losses  # noqa: E402
 import gvm_mini.rewards  # noqa: E402
 from gvm_mini.config import Config  # noqa: E402
-from gvm_mini.em import m_step, run  # noqa: E402
+from gvm_mini.em import run  # noqa: E402
+from gvm_mini.mstep import m_step  # noqa: E402
 from gvm_mini.models import add_lora, load_model  # noqa: E402
 from gvm_mini.rollout import Rollout  # noqa: E402
 from gvm_mini.rundir import read_checkpoint  # noqa: E402

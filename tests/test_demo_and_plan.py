@@ -52,7 +52,7 @@ def test_demo_config_is_equal_budget_across_methods(tmp_path):
 
 
 def test_rule_sft_mixture_writes_the_correct_procedure_at_its_share():
-    from gvm_mini.data import rule_problems
+    from gvm_mini.demo.task import rule_problems
     from gvm_mini.demo import RuleSFT, rule_sft_solution
 
     train, _ = rule_problems(16, seed=1234)
@@ -128,7 +128,7 @@ def _fake_run(d, evals, *, pilot_tokens=0, n=None):
     for tokens, step, acc in evals:
         recs.append({"kind": "step", "tokens": tokens, "truncated_frac": 0.0})
         recs.append({"kind": "eval", "tokens": tokens, "global_step": step, "wall_train": step, "avg_at_k": acc,
-                     "truncated_frac": 0.0, "by_family": {"A": acc, "B": acc / 2}})
+                     "truncated_frac": 0.0, "by_group": {"A": acc, "B": acc / 2}})
     recs[-1].update(pilot_tokens=pilot_tokens, updates=10, wall=wall)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     allocs = [{"iteration": 0, "p": [0.5, 0.0], "G": [1.0, 0.0], "n": n or [8, 8], "difficulty": [0, 1]}]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gvm_mini.config import load_config, replace
-from gvm_mini.em import _group_index, iteration_prompt_indices, run
+from gvm_mini.em import iteration_prompt_indices, run
+from gvm_mini.mstep import group_index
 
 
 def _records(path):
@@ -64,9 +65,9 @@ def test_prompt_order_is_a_seeded_epoch_shuffle():
 
 def test_grpo_sub_groups_of_four():
     # prompt 7 has 6 samples, prompt 3 has 2 -> groups (7,0) x4, (7,1) x2, (3,0) x2
-    g = _group_index(np.array([7, 7, 7, 7, 7, 7, 3, 3]), 4)
+    g = group_index(np.array([7, 7, 7, 7, 7, 7, 3, 3]), 4)
     assert len(set(g[:4])) == 1 and len(set(g[4:6])) == 1 and g[0] != g[4] and g[6] == g[7] != g[0]
-    assert (_group_index(np.array([1, 2]), None) == [1, 2]).all()
+    assert (group_index(np.array([1, 2]), None) == [1, 2]).all()
 
 
 @pytest.mark.realmodel
@@ -93,7 +94,7 @@ def test_behaviour_logprobs_give_the_same_update_as_recomputing_them():
     import torch
 
     from gvm_mini.config import Config
-    from gvm_mini.em import m_step
+    from gvm_mini.mstep import m_step
     from gvm_mini.models import load_model
     from gvm_mini.rollout import sample_hf
 

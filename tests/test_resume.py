@@ -3,7 +3,7 @@ uninterrupted one (CPU, same seed): same metrics (wall-time fields aside), same 
 same trainable weights bit for bit, and no torn checkpoint is ever loaded.
 
 Kills are real: every run is its own process and dies by SIGKILL, either at a named point through
-the test hook ``gvm_mini.em._crash_point`` (``GVM_MINI_CRASH_AT=name[:k]``: the k-th time ``name``
+the test hook ``gvm_mini.atomic.crash_point`` (``GVM_MINI_CRASH_AT=name[:k]``: the k-th time ``name``
 is reached), after a delay chosen from outside, or (one end-to-end case) a plain
 ``python -m gvm_mini``-style subprocess killed from this process while it trains. Named points
 include the inside of every atomic write of the run directory (``config.yaml``, ``checkpoint/``,
