@@ -43,6 +43,12 @@ __all__ = [
     "gvm_tokens",
     "knapsack_value",
     "knapsack",
+    "ROBUST_FLOOR",
+    "ROBUST_CAP_FACTOR",
+    "robust_bounds",
+    "continuous_robust_allocation",
+    "gvm_robust",
+    "floor_cost",
     "COST_AWARE",
     "RULES",
     "get_rule",
@@ -642,6 +648,145 @@ def knapsack(
     return n
 
 
+# ----------------------------------------------------------------------------------------------
+# gvm_robust: Proposition 1 inside a box [floor, cap] (theory/gvm_robust.md)
+# ----------------------------------------------------------------------------------------------
+
+ROBUST_FLOOR = 2
+"""Default floor of :func:`gvm_robust`: samples every prompt gets, whatever its estimated ``p_i``
+or ``G_i`` (two samples are the fewest that can disagree). A tuning default, not a derived value."""
+
+ROBUST_CAP_FACTOR = 4.0
+"""Default cap of :func:`gvm_robust` as a multiple of the uniform share: ``cap = ceil(4 N / m)``.
+A tuning default, not a derived value."""
+
+
+def robust_bounds(
+    m: int, budget, *, floor=ROBUST_FLOOR, cap_factor=ROBUST_CAP_FACTOR, min_per_prompt=0, max_per_prompt=None
+) -> tuple[int, int]:
+    """Integer box ``(lo, hi)`` of :func:`gvm_robust` for ``m`` prompts and ``budget`` samples.
+
+    * ``lo = max(min_per_prompt, min(floor, budget // m))``: the floor is lowered to the uniform
+      share ``budget // m`` when the budget cannot pay it (then every prompt gets about the same), but
+      an explicit ``min_per_prompt`` the budget cannot pay is a ``ValueError``. ``floor=0`` or
+      ``None`` turns the floor off.
+    * ``hi = ceil(cap_factor * budget / m)``, at least ``lo``, and at most ``max_per_prompt`` when
+      that is given. ``cap_factor=None`` turns the cap off (``hi = budget``). ``cap_factor`` must be
+      ``>= 1`` so that ``m * hi >= budget``.
+
+    >>> robust_bounds(4, 32)      # uniform share 8: floor 2, cap 4 * 8
+    (2, 32)
+    >>> robust_bounds(4, 6)       # budget // m = 1 < 2: the floor drops to 1
+    (1, 6)
+    """
+    m = _int_arg("m", m)
+    budget = _int_arg("budget", budget)
+    fl = 0 if floor is None else _int_arg("floor", floor)
+    if cap_factor is not None and (not np.isfinite(cap_factor) or cap_factor < 1):
+        raise ValueError(f"cap_factor must be a finite number >= 1 (or None for no cap), got {cap_factor!r}")
+    if m == 0:
+        return 0, budget
+    lo = max(_int_arg("min_per_prompt", min_per_prompt), min(fl, budget // m))
+    hi = budget if cap_factor is None else int(np.ceil(cap_factor * budget / m - 1e-9))
+    hi = max(hi, lo)
+    if max_per_prompt is not None:
+        hi = min(hi, _int_arg("max_per_prompt", max_per_prompt))
+    _bounds(m, budget, lo, hi)  # ValueError if the caller's own min/max cannot be met
+    return lo, hi
+
+
+def continuous_robust_allocation(
+    p, G, budget, *, alpha: float = 1e-3, beta: float = 2.0, min_per_prompt=0, max_per_prompt=None,
+    floor=ROBUST_FLOOR, cap_factor=ROBUST_CAP_FACTOR,
+) -> np.ndarray:
+    """Real-valued minimiser of Eq. 7 subject to ``sum_i n_i = budget`` and ``lo <= n_i <= hi``
+    (``(lo, hi)`` from :func:`robust_bounds`): the KKT solution
+
+        n_i = clip(w_i / sqrt(lambda), lo, hi),    w_i = G_i / sqrt(p_i + alpha p_i^(1-beta))  (Prop. 1)
+
+    with ``lambda`` the multiplier of the budget, found by water-filling. Prompts with ``w_i = 0``
+    (``p_i = 0`` or ``G_i = 0``) sit at ``lo``. Derivation: theory/gvm_robust.md §1."""
+    w = allocation_weights(p, G, alpha=alpha, beta=beta)
+    lo, hi = robust_bounds(w.size, budget, floor=floor, cap_factor=cap_factor,
+                           min_per_prompt=min_per_prompt, max_per_prompt=max_per_prompt)
+    if w.size == 0:
+        return np.zeros(0)
+    return _water_fill(w, float(budget), float(lo), float(hi))
+
+
+def gvm_robust(
+    p, G, budget, *, alpha: float = 1e-3, beta: float = 2.0, min_per_prompt=0, max_per_prompt=None,
+    floor=ROBUST_FLOOR, cap_factor=ROBUST_CAP_FACTOR, **_,
+) -> np.ndarray:
+    """The ``gvm_robust`` rule: Proposition 1 with a floor and a cap, integer, summing to ``budget``.
+
+    1. Box ``lo <= n_i <= hi`` from :func:`robust_bounds` (defaults :data:`ROBUST_FLOOR` = 2 samples
+       and :data:`ROBUST_CAP_FACTOR` = 4 x the uniform share ``budget / m``; the caller's
+       ``min_per_prompt`` / ``max_per_prompt`` tighten it).
+    2. The exact minimiser of Eq. 7 in that box (:func:`continuous_robust_allocation`,
+       ``n_i = clip(w_i / sqrt(lambda), lo, hi)``).
+    3. Largest-remainder rounding: the counts sum to ``budget`` and stay in ``[lo, hi]`` (each count
+       is the floor or the ceiling of its real value, and ``lo``, ``hi`` are integers).
+
+    Why: under the paper's rule a prompt whose pilots all failed (``p_i = 0``) gets ``n_i = 0`` and
+    so never new evidence (starvation), and a prompt with one lucky accepted pilot out of a few can
+    take a large share. The floor keeps every prompt observed (``p_i`` in {0, 1} and ``G_i = 0`` get
+    exactly ``lo``); the cap bounds what one noisy estimate can take. Feed it the shrunk estimates of
+    :func:`gvm_mini.estimators.robust_estimates`. Ablations: ``floor=0`` (no floor),
+    ``cap_factor=None`` (no cap); with both off this is :func:`allocate`. ``p`` and ``G`` are
+    checked as in :func:`allocate`; bad arguments raise ``ValueError`` naming them. No
+    :class:`AllocationFallbackWarning`: with every weight zero the box-constrained optimum is an even
+    spread, which is what it returns.
+
+    >>> gvm_robust([0.5, 0.125, 0.0, 1.0], [1, 1, 1, 1], 16).tolist()  # allocate() gives [4, 9, 0, 3]
+    [4, 7, 2, 3]
+    """
+    w = allocation_weights(p, G, alpha=alpha, beta=beta)
+    lo, hi = robust_bounds(w.size, budget, floor=floor, cap_factor=cap_factor,
+                           min_per_prompt=min_per_prompt, max_per_prompt=max_per_prompt)
+    budget = _int_arg("budget", budget)
+    if w.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    x = _water_fill(w, float(budget), float(lo), float(hi))
+    n = _round_preserving_sum(x, budget)
+    return np.clip(n, lo, hi)  # a no-op (rounding stays in the integer box); kept as a guard
+
+
+def floor_cost(p, G, budget, *, floor, alpha: float = 1e-3, beta: float = 2.0) -> float:
+    """Increase of Eq. 7 caused by a floor ``n_i >= floor`` (no cap), in closed form.
+
+    With ``w_i`` the Proposition-1 weights and ``W = sum_i w_i``, the unconstrained optimum is
+    ``V* = W^2 / N``. With the floor, the prompts whose weight is below the water level sit at the
+    floor (set ``F``, found by sorting the weights) and the rest share ``N - f |F|`` in proportion to
+    ``w_i``, so::
+
+        V_floor = sum_{i in F} w_i^2 / f  +  W_R^2 / (N - f |F|),      W_R = W - sum_{i in F} w_i
+        cost    = V_floor - V*  >= 0
+
+    ``F`` is the smallest set of lowest-weight prompts for which every other prompt's share
+    ``(N - f |F|) w_i / W_R`` is at least ``f``. Zero-weight prompts (``p_i = 0`` or ``G_i = 0``)
+    are always in ``F`` and cost only through the samples they take: ``W^2 / (N - f |F|) - W^2 / N``
+    when nothing else binds. Returns 0 if no weight is positive. See theory/gvm_robust.md §2.
+    """
+    w = allocation_weights(p, G, alpha=alpha, beta=beta)
+    N = _int_arg("budget", budget)
+    f = _int_arg("floor", floor)
+    _bounds(w.size, N, f, None)
+    W = float(w.sum())
+    if W == 0.0:
+        return 0.0
+    order = np.argsort(w, kind="stable")
+    ws = w[order]
+    suffix = np.cumsum(ws[::-1])[::-1]  # suffix[j] = sum of ws[j:]
+    for j in range(w.size):  # j = |F|, the j smallest weights at the floor
+        WR = float(suffix[j])
+        rest = N - f * j
+        if WR > 0 and rest * ws[j] / WR >= f * (1 - 1e-12):
+            V_floor = float((ws[:j] ** 2).sum()) / f + WR * WR / rest if f > 0 else WR * WR / rest
+            return V_floor - W * W / N
+    raise AssertionError("unreachable: the largest weight always clears the floor")  # pragma: no cover
+
+
 COST_AWARE = frozenset({"gvm_tokens"})
 """Rules that need the per-prompt cost ``cost=`` (mean tokens per sample) besides ``p, G, budget``."""
 
@@ -654,12 +799,13 @@ RULES: dict[str, Callable[..., np.ndarray]] = {
     "filter_extremes": filter_extremes,
     "gvm_tokens": gvm_tokens,
     "knapsack": knapsack,
+    "gvm_robust": gvm_robust,
 }
 
 
 def get_rule(name: str) -> Callable[..., np.ndarray]:
     """Look up an allocation rule by name (``gvm``, ``uniform``, ``acceptance_only``,
-    ``reward_variance``, ``filter_extremes``, ``gvm_tokens``, ``knapsack``). Rules in
+    ``reward_variance``, ``filter_extremes``, ``gvm_tokens``, ``knapsack``, ``gvm_robust``). Rules in
     :data:`COST_AWARE` also need ``cost=`` (mean generated tokens per sample of each prompt)."""
     try:
         return RULES[name]

@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["ESTIMATORS", "fit_beta_prior", "posterior_mean", "pooled_G", "estimate", "counts_by_prompt",
-           "history_lookup", "history_update", "iteration_estimates"]
+           "history_lookup", "history_update", "iteration_estimates", "ROBUST_G_STRENGTH",
+           "ROBUST_FALLBACK_PRIOR", "robust_estimates", "history_accumulate"]
 
 ESTIMATORS = ("paper", "bayes")
 
@@ -193,3 +194,116 @@ def iteration_estimates(k, n, G, known, *, estimator: str = "paper") -> tuple[np
         pool = pooled_G(k * (G > 0), G)
         Gh[known & (G == 0) & (k > 0)] = pool
     return p, Gh
+
+
+# ----------------------------------------------------------------------------------------------
+# robust estimates for the gvm_robust rule (theory/gvm_robust.md §3)
+# ----------------------------------------------------------------------------------------------
+
+ROBUST_G_STRENGTH = 1.0
+"""Default pseudo-count ``kappa`` of :func:`robust_estimates`' shrinkage of ``G_i`` towards the pool:
+the pooled mean counts as ``kappa`` extra samples. A tuning default, not a derived value."""
+
+ROBUST_FALLBACK_PRIOR = (0.5, 0.5)
+"""Prior of :func:`robust_estimates` when the method of moments has nothing to fit (every sample of
+the batch accepted, or none, or no samples at all): the Jeffreys ``Beta(1/2, 1/2)``."""
+
+
+def robust_estimates(
+    k, n, G, *, G_count=None, shrink_p: bool = True, pool_G: bool = True,
+    G_strength: float = ROBUST_G_STRENGTH, prior=None, fallback_prior=ROBUST_FALLBACK_PRIOR,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_hat, G_hat)`` for :func:`gvm_mini.allocation.gvm_robust` from everything seen so far.
+
+    Inputs, per prompt ``i``: ``k_i`` accepted of ``n_i`` samples, counting **all** its samples so far
+    (pilot and the training samples of earlier visits, e.g. from :func:`history_accumulate`); ``G_i``
+    the raw mean gradient norm over the ``c_i`` samples it was measured on (``G_count``, default
+    ``k``: the accepted ones; ``G_i`` is ignored where ``c_i = 0``).
+
+    * ``p_i`` (``shrink_p=True``): the Beta-binomial posterior mean
+
+          p_i = (k_i + a) / (n_i + a + b)
+
+      with ``(a, b)`` = :func:`fit_beta_prior` (method of moments across the prompts), or ``prior``
+      if given. If the batch gives no usable fit (no sample, or every sample accepted, or none)
+      ``fallback_prior`` (Jeffreys ``Beta(1/2, 1/2)``) is used, so ``0 < p_i < 1`` always: a prompt
+      with 0/4 keeps a positive estimate, one with 1/4 is pulled towards the batch mean.
+      ``shrink_p=False`` (ablation): the raw ``k_i / n_i``, which can be 0 or 1; prompts with
+      ``n_i = 0`` get the pooled rate ``sum k / sum n``.
+    * ``G_i`` (``pool_G=True``): shrinkage towards the pool ``Gbar`` = :func:`pooled_G` (weights ``c``)
+
+          G_i = (c_i G_i + kappa Gbar) / (c_i + kappa),      kappa = G_strength >= 0
+
+      ``kappa = 0`` keeps the raw ``G_i`` where ``c_i > 0`` and gives ``Gbar`` where ``c_i = 0`` (the
+      ``bayes`` estimator of :func:`estimate`); ``kappa -> inf`` gives every prompt ``Gbar``.
+      ``pool_G=False`` (ablation): the raw ``G_i``, 0 where ``c_i = 0``.
+
+    Worked example: ``k = (0, 2, 4)``, ``n = (4, 4, 4)`` with ``prior=(1, 1)`` give
+    ``p = (1/6, 1/2, 5/6)``; ``G = (0, 2, 1)``, ``c = k``, ``kappa = 1`` give ``Gbar = 8/6 = 4/3``
+    and ``G = (4/3, 16/9, 16/15)``.
+
+    Bad input raises ``ValueError`` naming the argument.
+    """
+    k, n, G = _counts(k, n, G)
+    if G_count is None:
+        c = k.copy()
+    else:
+        c = np.asarray(G_count, dtype=np.float64)
+        if c.shape != k.shape:
+            raise ValueError(f"G_count and k must have the same length, got {c.size} and {k.size}")
+        if not np.all(np.isfinite(c)) or np.any(c < 0):
+            raise ValueError("G_count must be finite and >= 0")
+    if not np.isfinite(G_strength) or G_strength < 0:
+        raise ValueError(f"G_strength must be a finite number >= 0, got {G_strength!r}")
+
+    def _check_prior(name, ab):
+        try:
+            a, b = (float(v) for v in ab)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a pair (a, b) of numbers, got {ab!r}") from None
+        if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
+            raise ValueError(f"{name} must have finite a > 0 and b > 0, got {ab!r}")
+        return a, b
+
+    fa, fb = _check_prior("fallback_prior", fallback_prior)
+    if shrink_p:
+        if prior is not None:
+            a, b = _check_prior("prior", prior)
+        elif (n > 0).any():
+            a, b = fit_beta_prior(k, n)
+            if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
+                a, b = fa, fb
+        else:
+            a, b = fa, fb
+        p = posterior_mean(k, n, a, b)
+    else:
+        tot = n.sum()
+        p = np.where(n > 0, k / np.maximum(n, 1), k.sum() / tot if tot > 0 else 0.0)
+
+    if pool_G:
+        Gbar = pooled_G(c, G)
+        if G_strength == 0:
+            G_hat = np.where(c > 0, G, Gbar)
+        else:
+            G_hat = (c * G + G_strength * Gbar) / (c + G_strength)
+    else:
+        G_hat = np.where(c > 0, G, 0.0)
+    return p, G_hat
+
+
+def history_accumulate(history: dict, prompt_ids, k, n, tok, G, iteration: int, *, G_count=None) -> None:
+    """Like :func:`history_update`, but **adds** this visit to each prompt's record instead of replacing
+    it, so that :func:`robust_estimates` sees every sample drawn for the prompt so far: ``k``, ``n``,
+    ``tok`` are summed; ``G`` becomes the count-weighted mean over the visits, with its count in the
+    extra field ``"gn"`` (``G_count``, default ``k``; a visit with count 0 leaves ``G`` unchanged).
+    The records keep the keys :func:`history_lookup` reads. Plain JSON types."""
+    k = np.asarray(k, dtype=np.float64)
+    c = k if G_count is None else np.asarray(G_count, dtype=np.float64)
+    for j, i in enumerate(prompt_ids):
+        key = str(int(i))
+        old = history.get(key, {"k": 0, "n": 0, "tok": 0, "G": 0.0, "gn": 0})
+        gn_old = float(old.get("gn", old["k"]))
+        gn = gn_old + float(c[j])
+        g = (gn_old * float(old["G"]) + float(c[j]) * float(G[j])) / gn if gn > 0 else float(old["G"])
+        history[key] = {"k": int(old["k"] + k[j]), "n": int(old["n"] + n[j]), "tok": int(old["tok"] + tok[j]),
+                        "G": float(g), "gn": int(round(gn)), "it": int(iteration)}
