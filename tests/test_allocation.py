@@ -35,7 +35,7 @@ def test_weights_by_hand():
 
 
 def test_weight_profile_matches_method_table():
-    # METHOD.md section 3 table for alpha=1e-3, beta=2, N'=8 (G ignored).
+    # theory/variance_and_prop1.md table (the alpha/beta regulariser) for alpha=1e-3, beta=2, N'=8 (G ignored).
     p = np.arange(1, 9) / 8
     expected = [2.742, 1.984, 1.627, 1.411, 1.263, 1.154, 1.068, 0.9995]
     assert allocation_weights(p, np.ones(8)) == pytest.approx(expected, abs=6e-4)
@@ -210,7 +210,7 @@ from gvm_mini.allocation import (  # noqa: E402
 
 
 def test_allocate_tokens_worked_example():
-    # METHOD.md §3b: w = (1, 1), c = (10, 40), B = 300: n_i = 300 * (1/sqrt(c_i)) / (sqrt(10) + sqrt(40))
+    # theory/variance_and_prop1.md, token-budget Proposition 1 example: w = (1, 1), c = (10, 40), B = 300: n_i = 300 * (1/sqrt(c_i)) / (sqrt(10) + sqrt(40))
     # = (10, 5) exactly, and 10*10 + 5*40 = 300
     assert continuous_token_allocation([0.5, 0.5], [1, 1], 300, [10, 40]) == pytest.approx([10, 5], rel=1e-12)
     assert allocate_tokens([0.5, 0.5], [1, 1], 300, [10, 40]).tolist() == [10, 5]
