@@ -9,7 +9,7 @@ Arms (all RAFT++, the demo's warm start, settings and budget; only the named opt
 - ``uniform``: n_i = 8, no pilot (the baseline every ratio is taken against);
 - ``GVM-paper``: Proposition 1 with the paper's estimates (p_i = 0 -> n_i = 0);
 - ``GVM-bayes``: Proposition 1 with the empirical-Bayes estimates (``estimator: bayes``);
-- ``GVM-tokens``: the token-budget Proposition 1 (``allocation: gvm_tokens``, METHOD.md §3b);
+- ``GVM-tokens``: the token-budget Proposition 1 (``allocation: gvm_tokens``, theory/variance_and_prop1.md);
 - ``Knapsack``: Knapsack-RL's value (1 - p^n - (1-p)^n) p (1-p)^2 (``allocation: knapsack``);
 - ``Filter``: DAPO-style dynamic sampling (``allocation: filter_extremes``);
 

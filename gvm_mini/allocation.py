@@ -10,7 +10,7 @@ Minimising Eq. 7 subject to ``sum_i n_i = N`` by a Lagrange multiplier gives Pro
 Integer budgets follow the official code (``em/stage_2_calc_sample_size.py``): weight 0 where
 ``p_i == 0`` or ``G_i == 0``, then largest-remainder rounding so that the counts sum to ``N`` exactly.
 
-Beyond the paper (issue 12, METHOD.md §3b): :func:`allocate_tokens` minimises Eq. 7 for a budget in
+Beyond the paper (theory/variance_and_prop1.md): :func:`allocate_tokens` minimises Eq. 7 for a budget in
 generated *tokens* (``n_i ∝ w_i / sqrt(c_i)``), and :func:`knapsack` is the Knapsack-RL rule of
 Li et al. 2025 (maximise the chance of a non-zero GRPO gradient times an information gain).
 
@@ -341,7 +341,7 @@ def filter_extremes(p, G, budget, *, min_per_prompt=0, max_per_prompt=None, **_)
 
 
 # ----------------------------------------------------------------------------------------------
-# beyond the paper (issue 12): a budget in tokens, and the Knapsack-RL rule
+# beyond the paper: a budget in tokens, and the Knapsack-RL rule
 # ----------------------------------------------------------------------------------------------
 
 
@@ -415,7 +415,7 @@ def _water_fill_cost(v: np.ndarray, c: np.ndarray, B: float, lo: float, hi: floa
 def continuous_token_allocation(
     p, G, token_budget, cost, *, alpha: float = 1e-3, beta: float = 2.0, min_per_prompt=0, max_per_prompt=None
 ) -> np.ndarray:
-    """Token-budget Proposition 1 (METHOD.md §3b, theory/variance_and_prop1.md), real-valued.
+    """Token-budget Proposition 1 (theory/variance_and_prop1.md, theory/variance_and_prop1.md), real-valued.
 
     Minimises Eq. 7, ``sum_i w_i^2 / n_i`` with ``w_i`` from :func:`allocation_weights`, subject to
     ``sum_i c_i n_i = B`` (``c_i`` = expected generated tokens per sample of prompt ``i``)::
@@ -436,7 +436,7 @@ def continuous_token_allocation(
 def allocate_tokens(
     p, G, token_budget, cost, *, alpha: float = 1e-3, beta: float = 2.0, min_per_prompt=0, max_per_prompt=None
 ) -> np.ndarray:
-    """Integer token-budget Proposition 1 (METHOD.md §3b): minimise Eq. 7 s.t. ``sum_i c_i n_i <= B``.
+    """Integer token-budget Proposition 1 (theory/variance_and_prop1.md): minimise Eq. 7 s.t. ``sum_i c_i n_i <= B``.
 
     Continuous optimum (:func:`continuous_token_allocation`)::
 

@@ -80,7 +80,7 @@ class Config:
     instruction: str | None = "default"  # appended to each problem; "default" = the paper's
     max_prompt_length: int = 256
 
-    # --- algorithm (METHOD.md sections 3-5) -----------------------------------------------------
+    # --- algorithm (the paper's §3; theory/algorithm.md) -----------------------------------------------------
     algorithm: str = "raftpp"
     allocation: str = "gvm"
     num_pilot: int = 8  # N' (Algorithm 2); ignored by allocation=uniform, which needs no pilot

@@ -1,7 +1,7 @@
 """Prompt sets: a generated arithmetic task, JSONL files, CHAMP (offline), hub datasets, and the chat prompt.
 
 Every source yields :class:`Problem` rows (problem text, gold answer string, optional worked
-solution, free-form ``meta``). The prompt is the paper's (METHOD.md §9.2), built by
+solution, free-form ``meta``). The prompt is the paper's (theory/algorithm.md), built by
 :func:`format_chat` with the tokenizer's own chat template.
 
 Sources:
@@ -13,8 +13,8 @@ Sources:
   which lives with the demo in :mod:`gvm_mini.demo.task`), each a loader ``cfg -> (train, test)``.
 - :func:`load_jsonl`: one JSON object per line (``problem`` and ``answer`` keys by default).
 - :func:`load_champ`: the 270 competition problems of the ``champ-dataset`` PyPI package (MIT).
-- :func:`load_hub`: Numina-Math (training, METHOD.md §7) and the five evaluation benchmarks
-  (METHOD.md §9.9) from the Hugging Face hub; needs ``pip install datasets`` and network. Hub ids
+- :func:`load_hub`: Numina-Math (training, theory/algorithm.md) and the five evaluation benchmarks
+  (theory/algorithm.md) from the Hugging Face hub; needs ``pip install datasets`` and network. Hub ids
   and column mappings live in one table, :data:`HUB_DATASETS`, and rows are mapped by
   :func:`hub_row_to_problem`, which is testable on plain dicts.
 """
@@ -304,10 +304,10 @@ class HubSpec:
 HUB_DATASETS: dict[str, HubSpec] = {
     spec.name: spec
     for spec in [
-        # training (METHOD.md §7): one shard per EM iteration, shards 1..15; `_15_all` for baselines
+        # training (theory/algorithm.md): one shard per EM iteration, shards 1..15; `_15_all` for baselines
         HubSpec("numina_math", "ScaleML-RLHF/numina_math_{shard}", "train", "problem", "answer", "solution"),
         HubSpec("numina_math_cot", "AI-MO/NuminaMath-CoT", "train", "problem", None, "solution"),
-        # evaluation (METHOD.md §9.9): sizes as in the official eval/data/*.jsonl
+        # evaluation (theory/algorithm.md): sizes as in the official eval/data/*.jsonl
         HubSpec("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", "solution", size=500),
         HubSpec("minerva_math", "math-ai/minervamath", "test", "question", "answer", size=272),
         HubSpec(
@@ -433,7 +433,7 @@ def format_chat(
     system: str | None = DEFAULT_SYSTEM,
     instruction: str = DEFAULT_INSTRUCTION,
 ) -> str:
-    """The paper's prompt (METHOD.md §9.2) rendered by the tokenizer's chat template, ready to generate from.
+    """The paper's prompt (theory/algorithm.md) rendered by the tokenizer's chat template, ready to generate from.
 
     Messages: system ``system`` (omitted when ``None``, and then a template may insert its own default:
     SmolLM2's adds "You are a helpful AI assistant named SmolLM, ...", Qwen2.5's "You are Qwen, ...") and user

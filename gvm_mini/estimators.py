@@ -1,4 +1,4 @@
-"""Estimates of the pass rate ``p_i`` and the gradient scale ``G_i`` from pilot counts (issue 12 item 4).
+"""Estimates of the pass rate ``p_i`` and the gradient scale ``G_i`` from pilot counts.
 
 The paper (Algorithm 2) uses the raw pilot fraction ``p_i = k_i / N'_i`` and the mean gradient norm over
 the accepted pilots, ``G_i = 0`` when none was accepted. A prompt whose few pilots all failed then gets

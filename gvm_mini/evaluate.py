@@ -1,4 +1,4 @@
-"""Evaluation metrics: Average@k and unbiased pass@k over a [problems x samples] score matrix (METHOD.md §9.9).
+"""Evaluation metrics: Average@k and unbiased pass@k over a [problems x samples] score matrix (theory/algorithm.md).
 
 The official eval (``eval/gen.py`` + ``eval/aggregate.py``) samples k = 8 completions per problem,
 scores each 0/1 with Math-Verify, and reports per benchmark
@@ -78,7 +78,7 @@ def _scores(scores) -> np.ndarray:
 
 
 def average_at_k(scores) -> float:
-    """Average@k (METHOD.md §9.9): the mean over problems of the mean score over each problem's k samples."""
+    """Average@k (theory/algorithm.md): the mean over problems of the mean score over each problem's k samples."""
     return float(_scores(scores).mean(axis=1).mean())
 
 
@@ -151,7 +151,7 @@ def evaluate_policy(
 ) -> dict:
     """Sample ``k`` completions per chat-formatted prompt and report Average@k and pass@k.
 
-    The official evaluation (METHOD.md §9.9) is ``k=8`` at temperature 1.0 (0.7 for 7B models),
+    The official evaluation (theory/algorithm.md) is ``k=8`` at temperature 1.0 (0.7 for 7B models),
     3072 new tokens, Math-Verify. Returns ``avg_at_k``, ``pass_at_k``, ``pass_at_1``, ``k``,
     ``problems``, ``eval_tokens`` (generated tokens), ``truncated_frac``, ``per_problem``
     (mean score of each problem) and ``per_draw`` (the accuracy of the j-th sample of every problem,

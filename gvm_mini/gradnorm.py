@@ -1,7 +1,7 @@
 """Per-sample gradient norms ``||grad_theta (-sum_t log pi(y_t | x, y_<t))||_2``: the ``G_i`` estimate.
 
-Proposition 1 weighs prompt ``i`` by ``G_i = E_{y ~ Q_i} ||grad ln P(y, z | x_i)||`` (METHOD.md §3, §4).
-The official code (``em/stage_2_calc_acceptRates_grads.py``, METHOD.md §9.3) estimates it per
+Proposition 1 weighs prompt ``i`` by ``G_i = E_{y ~ Q_i} ||grad ln P(y, z | x_i)||`` (the paper's §3.1; theory/variance_and_prop1.md).
+The official code (``em/stage_2_calc_acceptRates_grads.py``, theory/algorithm.md) estimates it per
 accepted pilot response, one response at a time, as the Frobenius norm of the gradient of the
 SUMMED (not length-normalised) completion NLL with respect to ``model.embed_tokens.weight`` only,
 and averages over the prompt's accepted responses (``G_i = 0`` if none).
@@ -259,7 +259,7 @@ def per_sample_grad_norms(
     method: str = "auto",
 ) -> torch.Tensor:
     """Per-sample ``||grad_theta L_s||_2`` with ``L_s = -sum_t completion_mask[s, t] log pi(x_{s,t} | x_{s,<t})``
-    (summed over completion tokens, temperature 1; METHOD.md §9.3), ``theta`` = parameter set ``params``
+    (summed over completion tokens, temperature 1; theory/algorithm.md), ``theta`` = parameter set ``params``
     (norm over all its tensors jointly). Returns float32 ``[S]`` on the input device.
 
     ``method``: ``"auto"`` | ``"ghost"`` (batched, ``batch_size`` samples per forward, all if None) |

@@ -9,7 +9,7 @@ All functions are plain PyTorch on right-padded training tensors of a FLAT, ragg
 * a sample's group is ``prompt_index[s]``; nothing assumes a fixed number of samples per prompt.
 
 Losses are *minimised* (the paper writes objectives that are maximised; signs are flipped here).
-Aggregation follows verl (the official code, METHOD.md §9.6) and is chosen by ``loss_type``:
+Aggregation follows verl (the official code, theory/algorithm.md) and is chosen by ``loss_type``:
 
 * ``"token_mean"`` (default, verl ``token-mean``): sum over every completion token of the
   mini-batch / number of completion tokens. Long answers weigh more; rejected samples (A = 0) still
@@ -17,7 +17,7 @@ Aggregation follows verl (the official code, METHOD.md §9.6) and is chosen by `
 * ``"seq_mean_token_mean"`` (paper Eq. 8 and the GRPO formula, the ``1/|a|`` inside the sum): mean
   over each sequence's tokens, then mean over sequences.
 
-The one-line map from algorithm to loss (METHOD.md §5, §9.6, §11)::
+The one-line map from algorithm to loss (theory/algorithm.md)::
 
     RAFT          raft_loss(logp, mask, accepted)                  -A log pi,   A = 1(accepted)
     RAFT++        raftpp_loss(logp, old_logp, accepted, mask)      PPO-clip,    A = 1(accepted)
@@ -217,7 +217,7 @@ def raft_loss(
     *,
     over: str = "all",
 ) -> torch.Tensor:
-    """RAFT (Dong et al. 2023; METHOD.md §11; verl ``policy_loss=vanilla``): NLL on accepted samples,
+    """RAFT (Dong et al. 2023; theory/algorithm.md; verl ``policy_loss=vanilla``): NLL on accepted samples,
     per token ``-A * log pi(a_t | x, a_<t)`` with ``A = 1(accepted)``.
 
     ``over="all"`` (official code): the aggregation runs over every completion token of the batch, so
@@ -411,7 +411,7 @@ def policy_objective(
     policy_loss: str = "clip",
     clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The M-step loss of the official code (METHOD.md §9.6, §13)::
+    """The M-step loss of the official code (theory/algorithm.md)::
 
         loss = agg(policy term) + kl_coef * agg(k3_kl(logp, ref_logp))
 
@@ -442,7 +442,7 @@ def policy_objective(
 
 
 # ----------------------------------------------------------------------------------------------
-# how much each prompt counts in the M-step (issue 12 item 5)
+# how much each prompt counts in the M-step
 # ----------------------------------------------------------------------------------------------
 
 PROMPT_WEIGHTINGS = ("tokens", "prompt", "lemma1")

@@ -1,4 +1,4 @@
-"""Answer extraction and verification: the 0/1 reward of METHOD.md §9.2 / §9.8, never raising.
+"""Answer extraction and verification: the 0/1 reward of theory/algorithm.md, never raising.
 
 The official code scores a completion with Math-Verify (``verl/utils/reward_score/math_verify.py``,
 ``em/utils.compute_score_math_verify``)::
@@ -101,7 +101,7 @@ def sanitize(text, *, max_chars: int = MAX_COMPLETION_CHARS) -> str | None:
 
 
 def _answer_text(answer) -> str | None:
-    """Gold answer -> string: lists/tuples give their first element, numbers are cast (METHOD §9.9)."""
+    """Gold answer -> string: lists/tuples give their first element, numbers are cast (theory/algorithm.md)."""
     if isinstance(answer, (list, tuple)):
         answer = answer[0] if answer else None
     if isinstance(answer, bool) or answer is None:
@@ -328,7 +328,7 @@ def _math_verify():
 
 
 def math_verify_score(completion, answer, *, timeout_s: float = 1.0) -> float:
-    """Math-Verify reward in {0.0, 1.0} exactly as the official code (METHOD.md §9.2, §9.8); never raises.
+    """Math-Verify reward in {0.0, 1.0} exactly as the official code (theory/algorithm.md); never raises.
 
     The gold ``answer`` is wrapped as ``\\boxed{answer}`` and parsed with ``LatexExtractionConfig``;
     the completion with ``(ExprExtractionConfig, LatexExtractionConfig)``; the score is 1 iff some

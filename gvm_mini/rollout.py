@@ -212,7 +212,7 @@ def sample_hf(
     Why not HF ``generate``: for the small models of the CPU demo its per-step Python overhead (logits
     processors, stopping criteria, cache bookkeeping) and the prompt re-encoded once per sample cost
     more than the model itself; ``bench/sampler_speed.py`` measures this against the former
-    ``generate`` path (kept in ``bench/_before_issue14.py``). Nothing from a checkpoint's ``generation_config.json`` (Qwen ships top_k=20,
+    ``generate`` path (kept in ``tests/frozen_reference.py``). Nothing from a checkpoint's ``generation_config.json`` (Qwen ships top_k=20,
     repetition_penalty=1.05, ...) applies: the distribution is exactly temperature + top-p.
 
     Sequences are processed in chunks of at most ``batch_size``; if ``max_batch_tokens`` is given a

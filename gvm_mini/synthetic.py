@@ -1,6 +1,6 @@
 """Exact log-linear latent chain-of-thought models for checking the GVM theory (arXiv 2505.02391).
 
-Model (METHOD.md §1, Eq. 1). Prompt ``x_i`` (``i = 1..m``) has ``K`` candidate rationales ``y`` with
+Model (the paper's §2, Eq. 1; theory/em_view.md, Eq. 1). Prompt ``x_i`` (``i = 1..m``) has ``K`` candidate rationales ``y`` with
 features ``phi[i, y] ∈ R^d``; the policy is log-linear and the answer model is fixed::
 
     P(y | x_i, θ)   = softmax_y(θ · phi[i, y])
@@ -26,7 +26,7 @@ Algorithm 1 (GVM-EM)                   E-step + k M-steps with rejection samplin
 =====================================  =====================================================  =======================
 
 Normalisation: the data distribution ``d0`` is uniform over the ``m`` prompts, so ``L``, ``L_t`` and
-the stochastic gradient carry a ``1/m`` (as in METHOD.md §6); Eq. 6 as printed has no ``1/m``, so
+the stochastic gradient carry a ``1/m`` (as in theory/convergence.md); Eq. 6 as printed has no ``1/m``, so
 our variances are the paper's divided by ``m²``.
 
 Smoothness (derivation, [INFERRED]). ``−ln P(y|x_i,θ) = logsumexp_y'(θ·phi_iy') − θ·phi_iy`` has
@@ -209,7 +209,7 @@ def probs(model: LatentCoTModel, theta) -> np.ndarray:
 
 
 def pass_rates(model: LatentCoTModel, theta) -> np.ndarray:
-    """Acceptance rate ``p_i(θ) = Σ_y P(y|x_i,θ) c_iy = P(z_i|x_i,θ)`` (METHOD §1), shape (m,)."""
+    """Acceptance rate ``p_i(θ) = Σ_y P(y|x_i,θ) c_iy = P(z_i|x_i,θ)`` (the paper's §2, Eq. 1; theory/em_view.md), shape (m,)."""
     return (probs(model, theta) * model.c).sum(axis=1)
 
 
@@ -256,7 +256,7 @@ def bound_loss(model: LatentCoTModel, theta, theta_old, *, include_entropy: bool
     ``include_entropy=True`` (default): ``L_t(θ) = −(1/m) Σ_i Σ_y Q_i^t(y) ln[P(y,z_i|x_i,θ)/Q_i^t(y)]``,
     the negative ELBO, which is ``>= L(θ)`` for all θ and ``= L(θ_old)`` at ``θ = θ_old``; this is the
     ``L_t`` that the proof of Theorem 1 chains (``L(θ_kt) ≤ L_t(θ_kt)``, ``L_t(θ_kt−k) = L(θ_kt−k)``).
-    ``include_entropy=False``: ``J_Q(θ) = −(1/m) Σ_i E_{Q_i^t} ln P(y,z_i|x_i,θ)``, METHOD §6's
+    ``include_entropy=False``: ``J_Q(θ) = −(1/m) Σ_i E_{Q_i^t} ln P(y,z_i|x_i,θ)``, theory/convergence.md's
     ``L_t`` as printed; it exceeds the full bound by the constant ``(1/m) Σ_i H(Q_i^t)``, so the gradients agree.
     Terms with ``Q_i^t(y) = 0`` (``c_iy = 0``) contribute 0."""
     theta = _theta(model, theta)

@@ -1,4 +1,4 @@
-"""Theorems 1-3 and Remark 1 of arXiv 2505.02391 (METHOD.md §6), evaluated on recorded EM runs.
+"""Theorems 1-3 and Remark 1 of arXiv 2505.02391 (theory/convergence.md), evaluated on recorded EM runs.
 
 Notation: E-step ``t = 1..T`` is followed by ``k`` M-steps at ``θ_{kt−k+r}``, ``r = 0..k−1``;
 ``L_t`` is the E-step bound with ``Q^t`` fixed and ``g`` the Lemma-1 stochastic gradient. A
@@ -11,7 +11,7 @@ are taken by averaging over independent runs (seeds), which :func:`check_theorem
 into a margin with a standard error.
 
 ===================  ==============================================================  ==================
-quantity             definition (METHOD §6)                                           function
+quantity             definition (theory/convergence.md)                                           function
 ===================  ==============================================================  ==================
 Δ1(k, T)             ``Σ_t Σ_{r<k} ‖∇L_t(θ_{kt−k+r})‖²``                              :func:`delta1`
 Δ2(k, T)             ``Σ_t ‖Σ_{r<k} ∇L_t(θ_{kt−k+r})‖²``                              :func:`delta2`
@@ -28,7 +28,7 @@ Remark 1             lower bound on ``Σ_i n_i p_i`` under Proposition 1        
 ===================  ==============================================================  ==================
 
 Caveat (documented in ``theory/convergence.md``): the Theorem-2 and Theorem-3 right-hand sides are
-METHOD.md's reconstruction from a garbled extraction. For ``k ≥ 2`` the reconstructed Theorem 2 is
+this project's reconstruction (theory/convergence.md) from a garbled extraction. For ``k ≥ 2`` the reconstructed Theorem 2 is
 not a valid bound for every smooth convex loss (a one-dimensional quadratic with additive gradient
 noise violates it, see :func:`quadratic_counterexample`); on the synthetic models it holds with a
 wide margin because ``1/γ = max D²/4`` is a loose smoothness constant. Theorem 1 is tight (equality
@@ -75,7 +75,7 @@ def _grads(traj) -> np.ndarray:
 
 
 def delta1(traj) -> float:
-    """Δ1(k, T) = Σ_t Σ_{r=0..k−1} ‖∇L_t(θ_{kt−k+r})‖² (METHOD §6; one run, no expectation)."""
+    """Δ1(k, T) = Σ_t Σ_{r=0..k−1} ‖∇L_t(θ_{kt−k+r})‖² (theory/convergence.md; one run, no expectation)."""
     return float((_grads(traj) ** 2).sum())
 
 
@@ -90,7 +90,7 @@ def delta3(traj) -> float:
 
 
 def omega(traj) -> float:
-    """Ω(k, T) = Σ_t Σ_{r=0..k−1} V(g_{kt−k+r}), the variance term that GVM shrinks (METHOD §6)."""
+    """Ω(k, T) = Σ_t Σ_{r=0..k−1} V(g_{kt−k+r}), the variance term that GVM shrinks (theory/convergence.md)."""
     v = np.asarray(traj.variance, dtype=np.float64)
     if v.ndim != 2:
         raise ValueError(f"trajectory.variance must have shape (T, k), got {v.shape}")
@@ -128,7 +128,7 @@ def theorem1_rhs(delta1: float, omega: float, *, eta: float, gamma: float) -> fl
 
 
 def theorem2_rhs(delta1: float, delta2: float, omega: float, *, eta: float, gamma: float, k: int) -> float:
-    """Theorem 2 (1/γ-smooth and convex, ``0 < η ≤ γ/2``; METHOD's reconstruction)::
+    """Theorem 2 (1/γ-smooth and convex, ``0 < η ≤ γ/2``; the reconstruction in theory/convergence.md)::
 
         E[L(θ_kT) − L(θ*)] − E[L(θ_0) − L(θ*)] ≤ −(η/(2k)) Δ2 − (η/(4k)) Δ1 + (η/(4k)) Ω
     """
@@ -212,7 +212,7 @@ def remark1_constant(alpha: float, beta: float) -> float:
 
     For ``α(β−1) < 1`` the minimum is at ``p* = (α(β−1))^{1/β}`` with value ``p* β/(β−1)``, so
     ``sqrt(c*) = sqrt(β/(β−1)) (α(β−1))^{1/(2β)}`` (``= √2 α^{1/4}`` for β = 2); otherwise it is at
-    ``p = 1``, ``c* = 1 + α``. [INFERRED: METHOD §3 only says the constant "involves √2 and
+    ``p = 1``, ``c* = 1 + α``. [INFERRED: the paper's §3.1; theory/variance_and_prop1.md only says the constant "involves √2 and
     (α(β−1))^{1/(2β)}".]"""
     if not (np.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
@@ -282,7 +282,7 @@ class TheoremCheck:
 
 
 def check_theorem(trajs: Sequence, theorem: int | str = 1, *, H: float | None = None, z: float = 3.0) -> TheoremCheck:
-    """Evaluate Theorem ``theorem`` on runs that differ only in their seed: 1, 2, 3 (METHOD §6 as
+    """Evaluate Theorem ``theorem`` on runs that differ only in their seed: 1, 2, 3 (theory/convergence.md as
     reconstructed), ``"2c"`` (corrected Theorem 2, :func:`theorem2_corrected_rhs`) or ``"C1"``
     (:func:`descent_rhs`).
 

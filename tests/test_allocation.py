@@ -194,7 +194,7 @@ def test_bad_input_names_the_argument(kwargs, name):
 
 
 # ----------------------------------------------------------------------------------------------
-# issue 12: token-budget Proposition 1 and the Knapsack-RL rule
+# token-budget Proposition 1 and the Knapsack-RL rule
 # ----------------------------------------------------------------------------------------------
 
 from gvm_mini.allocation import (  # noqa: E402

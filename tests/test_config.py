@@ -98,7 +98,7 @@ def test_bad_override(item, message):
         apply_overrides(Config(), [item])
 
 
-def test_issue12_options_defaults_and_alias():
+def test_allocation_lab_options_defaults_and_alias():
     cfg = load_config(None)
     # the paper's behaviour stays the default of every new option
     assert (cfg.estimator, cfg.pilot, cfg.prompt_weighting, cfg.pilot_mode) == ("paper", "fresh", "tokens", "fresh")

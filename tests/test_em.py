@@ -19,7 +19,7 @@ def test_tiny_config_runs_two_iterations(tmp_path):
     cfg = replace(load_config("configs/tiny.yaml"), progress=False)
     t0 = time.perf_counter()
     state = run(cfg, tmp_path)
-    assert time.perf_counter() - t0 < 120  # issue 3: two iterations in under two minutes
+    assert time.perf_counter() - t0 < 120  # two iterations in under two minutes
     assert state.iteration == 2 and state.global_step == 4
     for name in ("config.yaml", "metrics.jsonl", "allocations.jsonl", "checkpoint/state.json", "checkpoint/trainable.safetensors"):
         assert (tmp_path / name).exists(), name
@@ -117,7 +117,7 @@ def test_behaviour_logprobs_give_the_same_update_as_recomputing_them():
 
 
 # ---------------------------------------------------------------------------------------------
-# issue 12: gvm_tokens, knapsack, estimator, pilot, prompt_weighting in the loop (tiny config)
+# gvm_tokens, knapsack, estimator, pilot, prompt_weighting in the loop (tiny config)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The HF decode loop of ``rollout.sample_hf`` (issue 14): one prefill per prompt, finished rows dropped
+"""The HF decode loop of ``rollout.sample_hf``: one prefill per prompt, finished rows dropped
 from the batch, behaviour log-probs as ``logit - logsumexp``. Checked against a forward recompute and
 against the former ``generate`` path (bench/_before_issue14.py)."""
 
