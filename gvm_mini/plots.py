@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rundir import atomic_savefig
+from .atomic import atomic_savefig
 
 __all__ = ["read_jsonl", "eval_curve", "plot_runs", "plot_allocation"]
 
