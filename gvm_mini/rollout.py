@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["Rollout", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
+__all__ = ["Rollout", "end_token_ids", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
            "to_batch", "expand_counts", "sample_policy"]
 
 
@@ -31,7 +31,7 @@ class Rollout:
     completion_ids: list[list[int]]
     logprobs: list[np.ndarray]  # [len(completion)] float32, behaviour policy
     texts: list[str]
-    truncated: np.ndarray  # [S] bool: hit max_new_tokens without an end-of-sequence token
+    truncated: np.ndarray  # [S] bool: hit max_new_tokens without any end token (see end_token_ids)
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -76,6 +76,39 @@ def expand_counts(counts: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(counts.size), counts)
 
 
+def _as_ids(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (int, np.integer)):
+        return [int(value)]
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.reshape(-1).tolist()]
+    return [int(v) for v in value if v is not None]
+
+
+def end_token_ids(model, tokenizer=None) -> list[int]:
+    """The token ids that end a completion: the tokenizer's ``eos_token_id`` first, then every id of
+    ``model.generation_config.eos_token_id`` (an int or a list), duplicates dropped.
+
+    A chat model often ends a turn with a token other than its tokenizer's eos, and lists all of
+    them in ``generation_config.json``:
+
+    * Llama-3.2-Instruct: ``<|end_of_text|>`` (128001, the tokenizer's eos in the base model),
+      ``<|eom_id|>`` (128008, end of a tool-call message) and ``<|eot_id|>`` (128009, end of turn;
+      the tokenizer's eos in the Instruct model): ``[128001, 128008, 128009]``.
+    * Qwen2.5 chat: ``<|im_end|>`` (151645, end of a ChatML turn) and ``<|endoftext|>`` (151643, end
+      of document, the base tokenizer's eos): ``[151645, 151643]``.
+
+    Stopping at the tokenizer's eos only would run such a model on past its end of turn until
+    ``max_new_tokens`` and call the sample truncated. ``model`` may be a PEFT model (its base
+    model's generation config is used) or None; ``tokenizer`` may be None (shape twins).
+    """
+    ids = _as_ids(getattr(tokenizer, "eos_token_id", None))
+    gen = getattr(model, "generation_config", None) if model is not None else None
+    ids += _as_ids(getattr(gen, "eos_token_id", None))
+    return list(dict.fromkeys(ids))
+
+
 def _process(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Temperature then top-p on one step's float32 logits ``[B, V]`` (the distribution sampled)."""
     if temperature > 0 and temperature != 1.0:
@@ -118,7 +151,7 @@ def _no_gradient_checkpointing(model):
             m.gradient_checkpointing = True
 
 
-def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, eos: int, pad: int,
+def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, ends: torch.Tensor, pad: int,
             temperature: float, top_p: float, max_new_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one completion per entry of ``expand`` (an index into ``prompt_ids``) with a KV cache.
 
@@ -127,8 +160,9 @@ def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, eos: int,
     the processed logits (softmax, then the first token whose cumulative probability exceeds a uniform
     draw: the same distribution as HF ``generate``'s multinomial, at a fraction of its CPU cost) and records the behaviour
     log-probability of the drawn token as ``logit - logsumexp(logits)``. Rows that have emitted
-    ``eos`` are dropped from the batch (cache included) once they are a quarter of it, so finished
-    samples cost nothing. Returns ``tokens [B, T]`` (``pad`` after the end) and ``logps [B, T]``.
+    any id of ``ends`` (a 1-D CPU tensor, :func:`end_token_ids`) are dropped from the batch (cache
+    included) once they are a quarter of it, so finished samples cost nothing. Returns
+    ``tokens [B, T]`` (``pad`` after the end) and ``logps [B, T]``.
     """
     U, B = len(prompt_ids), len(expand)
     lengths = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
@@ -155,7 +189,7 @@ def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, eos: int,
     tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long)
     logps = torch.zeros((B, max_new_tokens), dtype=torch.float32)
     live = torch.arange(B)  # batch row -> sample, for the rows still in the batch
-    going = torch.ones(B, dtype=torch.bool)  # per batch row: no eos yet
+    going = torch.ones(B, dtype=torch.bool)  # per batch row: no end token yet
     for t in range(max_new_tokens):
         scores = _process(logits, temperature, top_p)
         if temperature > 0:  # inverse-CDF draw: P(i) = p_i; several times faster than multinomial on CPU
@@ -166,10 +200,10 @@ def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, eos: int,
             nxt = scores.argmax(-1)
         lp = scores.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(scores, -1)
         nxt_cpu = nxt.cpu()
-        # a finished row still in the batch writes past its eos; sample_hf cuts at the first eos
+        # a finished row still in the batch writes past its end; sample_hf cuts at the first end token
         tokens[live, t] = nxt_cpu
         logps[live, t] = lp.cpu()
-        going &= nxt_cpu != eos
+        going &= ~torch.isin(nxt_cpu, ends)
         n_going = int(going.sum())
         if t == max_new_tokens - 1 or n_going == 0:
             break
@@ -218,10 +252,14 @@ def sample_hf(
     Sequences are processed in chunks of at most ``batch_size``; if ``max_batch_tokens`` is given a
     chunk also holds at most ``max_batch_tokens // (prompt_len + max_new_tokens)`` sequences, which
     bounds the KV-cache memory. ``seed`` seeds torch's global generator (the draws come from it), so
-    CPU sampling is reproducible run to run. The model's train/eval mode is left as it was
-    (DESIGN.md: 4-bit CPU kernels break after eval-mode inference), and dropout-free models sample the
-    same either way; gradient checkpointing is switched off while sampling (in train mode it makes HF
-    layers drop the KV cache).
+    CPU sampling is reproducible run to run. The model's train/eval mode is left as it was, and
+    dropout-free models sample the same either way; gradient checkpointing is switched off while
+    sampling (in train mode it makes HF layers drop the KV cache).
+
+    A completion ends at the first of :func:`end_token_ids` (the tokenizer's eos and every eos id of
+    the model's generation config). The end token is kept in ``completion_ids`` (and its
+    log-probability in ``logprobs``: ending is part of what the model learns) and left out of
+    ``texts``; ``truncated`` is True exactly when no end token of any kind was drawn.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -235,6 +273,9 @@ def sample_hf(
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    end_ids = end_token_ids(model, tokenizer)
+    ends = torch.tensor(end_ids, dtype=torch.long)
+    end_set = set(end_ids)
     device = next(model.parameters()).device
     out_prompt, out_comp, out_lp, out_txt, out_trunc = [], [], [], [], []
     bar = tqdm(total=int(index.size), desc=desc, disable=not progress, leave=False)
@@ -242,21 +283,20 @@ def sample_hf(
         uniq, inv = np.unique(index[chunk], return_inverse=True)
         if max_new_tokens > 0:
             with _no_gradient_checkpointing(model):
-                new, lp = _decode(model, [encoded[i] for i in uniq], inv.reshape(-1), eos=eos, pad=pad,
+                new, lp = _decode(model, [encoded[i] for i in uniq], inv.reshape(-1), ends=ends, pad=pad,
                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, device=device)
         else:
             new, lp = torch.zeros((len(chunk), 0), dtype=torch.long), torch.zeros((len(chunk), 0))
         for r, s in enumerate(chunk):
             toks = new[r].tolist()
-            n_keep = len(toks)
-            if eos in toks:
-                n_keep = toks.index(eos) + 1  # the end token is part of what the model learns
-            toks = toks[:n_keep]
+            n_keep = next((k + 1 for k, x in enumerate(toks) if x in end_set), len(toks))
+            toks = toks[:n_keep]  # the end token is part of what the model learns
+            ended = bool(toks) and toks[-1] in end_set
             out_prompt.append(list(encoded[index[s]]))
             out_comp.append(toks)
             out_lp.append(lp[r, :n_keep].numpy().astype(np.float32))
-            out_txt.append(tokenizer.decode(toks, skip_special_tokens=True))
-            out_trunc.append(not toks or toks[-1] != eos)
+            out_txt.append(tokenizer.decode(toks[:-1] if ended else toks, skip_special_tokens=True))
+            out_trunc.append(not ended)
         bar.update(len(chunk))
     bar.close()
     return Rollout(
@@ -281,6 +321,7 @@ def sample_vllm(
     lora_path: str | None = None,
     lora_id: int = 1,
     tokenizer=None,
+    stop_token_ids: Sequence[int] | None = None,
     progress: bool = False,
 ) -> Rollout:
     """vLLM backend (GPU extra, imported lazily): one ``SamplingParams(n=counts[i])`` per prompt,
@@ -293,6 +334,11 @@ def sample_vllm(
     log-probabilities (``logprobs=0``); with vLLM's default ``logprobs_mode`` they are of the unscaled
     logits and never bit-exact with the trainer's, so the M-step recomputes pi_old with the training
     model (``old_logprobs=recompute``, as verl does); they are kept for diagnostics.
+
+    ``stop_token_ids`` (:func:`end_token_ids`) end a completion besides the tokenizer's eos, which
+    the engine would not otherwise know about: it ignores ``generation_config.json``. vLLM keeps a
+    stop token in ``token_ids`` (as :func:`sample_hf` does) and reports ``finish_reason="stop"``, so
+    ``truncated`` (``finish_reason == "length"``) again means "no end token of any kind".
     """
     try:
         from vllm import SamplingParams
@@ -308,6 +354,7 @@ def sample_vllm(
         SamplingParams(
             n=int(counts[i]), temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
             logprobs=0, seed=None if seed is None else seed + i,
+            stop_token_ids=list(stop_token_ids) if stop_token_ids else None,
         )
         for i in keep
     ]
@@ -408,7 +455,8 @@ def sample_vllm_policy(engine: VLLMEngine, policy, tokenizer, prompts: Sequence[
     """Sample from the *current* policy through ``engine``: the PEFT adapter of ``policy`` is saved
     (``save_pretrained``: adapter config + safetensors, no merge) to a temporary directory and passed
     as ``LoRARequest("gvm_mini", id, dir)`` with a new id, then :func:`sample_vllm` (``n_i`` per
-    prompt, prompts as token ids). ``kw`` goes to :func:`sample_vllm`."""
+    prompt, prompts as token ids, ``stop_token_ids=end_token_ids(policy, tokenizer)``). ``kw`` goes
+    to :func:`sample_vllm`."""
     import tempfile
 
     if not hasattr(policy, "peft_config"):
@@ -417,6 +465,7 @@ def sample_vllm_policy(engine: VLLMEngine, policy, tokenizer, prompts: Sequence[
     engine.adapters_sent += 1
     with tempfile.TemporaryDirectory(prefix="gvm-mini-lora-") as d:
         policy.save_pretrained(d)
+        kw.setdefault("stop_token_ids", end_token_ids(policy, tokenizer))
         return sample_vllm(engine.llm, prompts, counts, lora_path=d, lora_id=engine.adapters_sent,
                            tokenizer=tokenizer, **kw)
 

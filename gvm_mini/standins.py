@@ -34,6 +34,7 @@ __all__ = [
     "shape_twin",
     "tiny_model",
     "twin_config",
+    "twin_generation_config",
     "twin_names",
 ]
 
@@ -244,21 +245,34 @@ def twin_names() -> list[str]:
     return sorted(p.stem for p in _TWIN_DIR.glob("*.json"))
 
 
-def twin_config(name: str, *, num_layers: int | None = None):
-    """The ``PretrainedConfig`` of a shape twin, read from ``gvm_mini/twins/<name>.json``.
-
-    Keys starting with ``_`` in the JSON are our notes (source, expected parameter count) and are
-    not passed to transformers. ``num_layers`` overrides ``num_hidden_layers``.
-    """
-    from transformers import AutoConfig
-
+def _twin_json(name: str) -> dict:
     path = _TWIN_DIR / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"unknown shape twin {name!r}; available: {', '.join(twin_names())}"
         )
+    return json.loads(path.read_text())
+
+
+def twin_generation_config(name: str):
+    """The ``GenerationConfig`` of a shape twin: the ``_generation_config`` entry of its JSON (the
+    published checkpoint's bos id and every id that ends a chat completion), without our notes."""
+    from transformers import GenerationConfig
+
+    gen = _twin_json(name).get("_generation_config", {})
+    return GenerationConfig(**{k: v for k, v in gen.items() if not k.startswith("_")})
+
+
+def twin_config(name: str, *, num_layers: int | None = None):
+    """The ``PretrainedConfig`` of a shape twin, read from ``gvm_mini/twins/<name>.json``.
+
+    Keys starting with ``_`` in the JSON are our notes (source, expected parameter count) or the
+    generation config (:func:`twin_generation_config`) and are not passed to transformers. ``num_layers`` overrides ``num_hidden_layers``.
+    """
+    from transformers import AutoConfig
+
     raw = {
-        k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")
+        k: v for k, v in _twin_json(name).items() if not k.startswith("_")
     }
     raw.pop("torch_dtype", None)  # the dtype is an argument of shape_twin
     if num_layers is not None:
@@ -281,6 +295,7 @@ def shape_twin(
     ``torch.randint(model.config.vocab_size, (batch, length))``. Built directly on ``device``; on
     ``"meta"`` nothing is allocated, which is how the tests count the 1,543,714,304 (Qwen2.5-Math-1.5B)
     and 1,235,814,400 (Llama-3.2-1B) parameters. ``num_layers`` builds a shallower twin cheaply.
+    ``generation_config`` is the published one's end ids (:func:`twin_generation_config`).
     """
     from transformers import AutoModelForCausalLM
 
@@ -288,6 +303,7 @@ def shape_twin(
     seed_device = "cpu" if str(device) == "meta" else device
     with _seeded(seed, seed_device), torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config = twin_generation_config(name)
     return model.eval()
 
 
