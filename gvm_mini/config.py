@@ -45,6 +45,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 KL_REFERENCES = ("iteration_start", "initial")
 OLD_LOGPROBS = ("recompute", "behaviour")
 PILOTS = ("fresh", "reuse", "history")
+MINI_BATCH_UNITS = ("responses", "fork")
 REPORT_TO = ("none", "tensorboard")
 
 
@@ -112,6 +113,10 @@ class Config:
     prompts_per_step: int = 8
     steps_per_iteration: int = 2  # k M-steps per E-step (paper: ~9-10)
     mini_batch_size: int = 64  # responses per optimizer update
+    # responses (fair: every arm updates once per mini_batch_size responses) | fork (the official verl
+    # fork's count: a non-uniform arm's mini-batch holds mini_batch_size / samples_per_prompt responses,
+    # about samples_per_prompt times the updates per M-step; theory/official_code.md)
+    mini_batch_unit: str = "responses"
     micro_batch_size: int | None = None  # responses per forward/backward (gradient accumulation); None = mini_batch_size
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -303,7 +308,7 @@ def validate(cfg: Config) -> Config:
         ("algorithm", ALGORITHMS), ("allocation", ALLOCATIONS), ("gradnorm_params", GRADNORM_PARAMS),
         ("loss_type", LOSS_TYPES), ("verifier", VERIFIERS), ("backend", BACKENDS), ("dtype", DTYPES),
         ("kl_reference", KL_REFERENCES), ("old_logprobs", OLD_LOGPROBS),
-        ("estimator", ESTIMATORS), ("pilot", PILOTS), ("prompt_weighting", PROMPT_WEIGHTINGS), ("report_to", REPORT_TO),
+        ("estimator", ESTIMATORS), ("pilot", PILOTS), ("mini_batch_unit", MINI_BATCH_UNITS), ("prompt_weighting", PROMPT_WEIGHTINGS), ("report_to", REPORT_TO),
     ]:
         _choice(cfg, name, opts)
     _positive(cfg, "alpha", "learning_rate", "iterations", "prompts_per_step", "steps_per_iteration",
@@ -319,6 +324,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"num_pilot must be >= 0, got {cfg.num_pilot}")
     if cfg.prompt_weighting == "lemma1" and not cfg.uses_pilot:
         raise ConfigError("prompt_weighting=lemma1 weights by 1/(n_i p_i) and needs the pilot's p_i; allocation=uniform has none (use tokens or prompt)")
+    if cfg.mini_batch_unit == "fork" and cfg.mini_batch_size % cfg.samples_per_prompt:
+        raise ConfigError(f"mini_batch_unit=fork divides mini_batch_size ({cfg.mini_batch_size}) by samples_per_prompt "
+                          f"({cfg.samples_per_prompt}); choose a multiple")
     if cfg.reuse_pilot and cfg.pilot not in ("fresh", "reuse"):
         raise ConfigError(f"reuse_pilot: true (deprecated alias of pilot: reuse) conflicts with pilot: {cfg.pilot}; drop reuse_pilot")
     if not math.isfinite(cfg.beta) or cfg.beta < 1:

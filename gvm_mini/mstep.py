@@ -32,7 +32,7 @@ from .rewards import accepted
 from .rollout import Rollout, to_batch
 
 __all__ = ["group_index", "make_optimizer", "initial_reference", "kl_reference", "advantages", "MicroBatch",
-           "length_buckets", "plan_micro_batches", "plan", "old_and_ref_logprobs", "update", "m_step"]
+           "length_buckets", "plan_micro_batches", "mini_batch_responses", "plan", "old_and_ref_logprobs", "update", "m_step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,13 +215,24 @@ class MicroBatch:
     shared: bool
 
 
+def mini_batch_responses(cfg) -> int:
+    """Responses per optimizer update: ``mini_batch_size`` (``mini_batch_unit: responses``, the fair
+    count), or under ``mini_batch_unit: fork`` the official fork's count for a non-uniform arm,
+    ``mini_batch_size / samples_per_prompt``: verl counts its mini-batch in prompts times
+    ``rollout.n``, and the fork's GVM runs use ``rollout.n = 1`` with each prompt repeated ``n_i`` times
+    (``theory/official_code.md``)."""
+    if cfg.mini_batch_unit == "fork" and cfg.allocation != "uniform":
+        return max(1, cfg.mini_batch_size // cfg.samples_per_prompt)
+    return cfg.mini_batch_size
+
+
 def plan(cfg, model, rollout: Rollout, pad_id: int, seed: int) -> list[list[MicroBatch]]:
-    """The M-step's mini-batches (a ``seed``-ed permutation cut into ``mini_batch_size`` samples), each
-    cut by :func:`plan_micro_batches` (shared prompts not under gradient checkpointing, where HF layers
-    drop the cache). Tensors are built once and reused by every forward pass."""
-    S = len(rollout)
+    """The M-step's mini-batches (a ``seed``-ed permutation cut into :func:`mini_batch_responses`
+    samples), each cut by :func:`plan_micro_batches` (shared prompts not under gradient checkpointing,
+    where HF layers drop the cache). Tensors are built once and reused by every forward pass."""
+    S, size = len(rollout), mini_batch_responses(cfg)
     perm = np.random.default_rng(seed).permutation(S)
-    minis = [perm[s : min(s + cfg.mini_batch_size, S)].tolist() for s in range(0, S, cfg.mini_batch_size)]
+    minis = [perm[s : min(s + size, S)].tolist() for s in range(0, S, size)]
     can_share = not any(getattr(mod, "gradient_checkpointing", False) is True for mod in model.modules())
     out = []
     for rows in minis:

@@ -277,3 +277,19 @@ def test_step_records_count_accepted_samples_that_were_truncated(tmp_path, monke
             assert st["accepted_truncated"] == (truncated if accept else 0)
         if accept:
             assert sum(st["accepted_truncated"] for st in steps) > 0  # 3 tokens: most samples are cut
+
+
+@pytest.mark.parametrize("allocation,unit,per_update", [("gvm", "responses", 32), ("gvm", "fork", 8),
+                                                         ("uniform", "fork", 32)])
+def test_mini_batch_unit_fork_reproduces_the_official_update_count(tmp_path, monkeypatch, tiny_policy,
+                                                                   allocation, unit, per_update):
+    """mini_batch_unit: fork gives a non-uniform arm mini_batch_size / samples_per_prompt responses per
+    update (32 / 4 = 8 here), as the official fork's rollout.n = 1 does; uniform arms keep 32. Each step
+    record's update count is ceil(step samples / responses per update)."""
+    cfg = _tiny(allocation=allocation, mini_batch_unit=unit, mini_batch_size=32)
+    train, test = _problems(cfg)
+    _three_kinds(monkeypatch, train)
+    _run(cfg, tmp_path, tiny_policy, problems=(train, test))
+    steps = [r for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps and all(r["updates"] + r["skipped_updates"] == -(-r["step_samples"] // per_update) for r in steps)
+    assert sum(r["updates"] for r in steps) > 0

@@ -1,6 +1,6 @@
 """The HF decode loop of ``rollout.sample_hf``: one prefill per prompt, finished rows dropped
 from the batch, behaviour log-probs as ``logit - logsumexp``. Checked against a forward recompute and
-against the former ``generate`` path (bench/_before_issue14.py)."""
+against the former ``generate`` path (tests/frozen_reference.py)."""
 
 import sys
 from pathlib import Path
@@ -13,8 +13,8 @@ from gvm_mini.losses import token_logprobs
 from gvm_mini.models import load_model
 from gvm_mini.rollout import sample_hf, to_batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from _before_issue14 import sample_hf_generate  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frozen_reference import sample_hf_generate  # noqa: E402
 
 PROMPTS = [f"Compute {a}+{a * 13 + 1}." + " ok" * (a % 3) for a in range(5)]  # ragged prompt lengths
 COUNTS = [3, 0, 5, 1, 2]
