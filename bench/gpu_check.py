@@ -7,13 +7,13 @@ What it shows, in order (each part is timed; a part that would overrun ``--budge
 says so):
 
 1. **One full GVM-RAFT++ iteration with HF sampling on CUDA** (``gvm_mini.em.run``: pilot -> p_i, G_i
-   -> allocation -> rollout -> M-step, twice) on the Qwen2.5-Math-1.5B shape twin with LoRA in bf16,
+   -> allocation -> rollout -> M-step, twice; wall time per phase from the ``RunState.wall`` it returns) on the Qwen2.5-Math-1.5B shape twin with LoRA in bf16,
    the same with 4-bit QLoRA, and on the Llama-3.2-1B shape twin with LoRA. Shape twins have random
    weights and no tokenizer: prompts are encoded with gvm-mini's offline tokenizer (its ids are valid
    ids of both twins), sampling is restricted to those ids, and a stand-in verifier accepts a sample
    when a hash of its text is even (random weights never answer), so that p_i, G_i and the allocation
    are not all degenerate.
-2. **Peak GPU memory and time per optimizer step of one update at 8 x 1024 tokens** (``m_step`` with
+2. **Peak GPU memory and time per optimizer step of one update at 8 x 1024 tokens** (``gvm_mini.mstep.m_step`` with
    micro-batches of 2, gradient checkpointing, LoRA r=64 on every linear layer) for LoRA bf16 and
    4-bit QLoRA on both twins, against the goals QLoRA <= 6 GB, LoRA bf16 <= 10 GB
    (``torch.cuda.max_memory_allocated``).
@@ -156,18 +156,23 @@ def limit_vocab(model, vocab: int):
 # ---------------------------------------------------------------------------------------------
 
 
+HASH_VERIFIER = "gpu_check_hash"
+
+
 def hash_verifier(text: str, answer: str) -> float:
     """Stand-in verifier for random-weight twins: accepts when a hash of the text is even (about half)."""
     return float(hashlib.sha256(text.encode()).digest()[0] % 2 == 0)
 
 
 def one_iteration(name: str, mode: str, *, dry: bool, device, tok, out: Path) -> dict:
+    import dataclasses
+
     import torch
 
-    import gvm_mini.em as em
-    import gvm_mini.rewards as rewards
+    from gvm_mini import rewards
     from gvm_mini.config import Config, validate
     from gvm_mini.data import arithmetic_problems
+    from gvm_mini.em import run
 
     vocab = len(tok)
     model = build(name, mode, dry=dry, device=device, vocab=vocab)
@@ -184,22 +189,25 @@ def one_iteration(name: str, mode: str, *, dry: bool, device, tok, out: Path) ->
         micro_batch_size=4 if dry else 8, learning_rate=2e-5, kl_coef=0.001, eval_every=0, progress=False,
         save_weights=False, seed=0,
     ))
-    real_get = rewards.get_verifier
-    rewards.get_verifier = lambda _name: hash_verifier
+    # the stand-in verifier, registered under its own name in the verifier registry for this run (the
+    # config's choices are fixed when gvm_mini.config is imported, so the name is set after validation)
+    rewards.VERIFIERS[HASH_VERIFIER] = hash_verifier
+    cfg = dataclasses.replace(cfg, verifier=HASH_VERIFIER)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     try:
-        state = em.run(cfg, out, model=model, tokenizer=tok, problems=(problems, []))
+        state = run(cfg, out, model=model, tokenizer=tok, problems=(problems, []))
     finally:
-        rewards.get_verifier = real_get
+        rewards.VERIFIERS.pop(HASH_VERIFIER, None)
         remove()
     wall = time.perf_counter() - t0
     recs = [json.loads(x) for x in open(out / "metrics.jsonl")]
     alloc = [json.loads(x) for x in open(out / "allocations.jsonl")][-1]
-    row = {"part": "iteration", "twin": name, "mode": mode, "wall_s": wall, "phases_s": state.wall,
+    row = {"part": "iteration", "twin": name, "mode": mode, "wall_s": wall, "phases_s": dict(state.wall),
            "samples": state.samples, "tokens": state.tokens, "updates": state.updates,
            "n": alloc["n"], "p": alloc["p"], "G": alloc["G"],
+           "accepted": sum(r["accepted"] for r in recs if r["kind"] == "step"),
            "skipped_updates": sum(r.get("skipped_updates", 0) for r in recs if r["kind"] == "step")}
     if device.type == "cuda":
         row["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -218,8 +226,8 @@ def one_update(name: str, mode: str, *, dry: bool, device, tok, batch: int, leng
     import numpy as np
     import torch
 
-    import gvm_mini.em as em
     from gvm_mini.config import Config
+    from gvm_mini.mstep import m_step
     from gvm_mini.rollout import Rollout
 
     vocab = len(tok)
@@ -236,13 +244,13 @@ def one_update(name: str, mode: str, *, dry: bool, device, tok, batch: int, leng
     # warm-up on a short batch (kernels, allocator), then the measured step
     short = Rollout(ro.prompt_index[:micro], [x[:8] for x in ro.prompt_ids[:micro]], [x[:8] for x in ro.completion_ids[:micro]],
                     [x[:8] for x in ro.logprobs[:micro]], ro.texts[:micro], ro.truncated[:micro])
-    em.m_step(cfg, model, opt, short, rewards[:micro], tok.pad_token_id, None, seed=0)
+    m_step(cfg, model, opt, short, rewards[:micro], tok.pad_token_id, None, seed=0)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    st = em.m_step(cfg, model, opt, ro, rewards, tok.pad_token_id, None, seed=1)
+    st = m_step(cfg, model, opt, ro, rewards, tok.pad_token_id, None, seed=1)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0

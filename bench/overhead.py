@@ -12,7 +12,6 @@ Goal (issue 5): at most 10% (the paper reports about 20%).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -33,22 +32,21 @@ def main() -> None:
             cfg = validate(Config(
                 model=args.model, lora=True, lora_r=8, dataset="arithmetic", train_size=256, test_size=8,
                 system_prompt=None, instruction="", algorithm="raftpp", allocation="gvm", num_pilot=4,
-                samples_per_prompt=8, gradnorm_params=params, reuse_pilot=reuse, max_completion_length=16 if args.smoke else 48,
+                samples_per_prompt=8, gradnorm_params=params, pilot="reuse" if reuse else "fresh", max_completion_length=16 if args.smoke else 48,
                 iterations=1 if args.smoke else 3, prompts_per_step=8 if args.smoke else 32, steps_per_iteration=2,
                 mini_batch_size=64, eval_every=0, progress=False, seed=0,
             ))
             with tempfile.TemporaryDirectory() as d:
-                run(cfg, Path(d))
-                last = [json.loads(x) for x in open(Path(d) / "metrics.jsonl")][-1]
-            w = last["wall"]
-            train = sum(v for k, v in w.items() if k != "eval")
+                state = run(cfg, Path(d))
+            w = dict(state.wall)
+            train = sum(v for k, v in w.items() if k not in ("eval", "checkpoint"))
             share = (w["pilot"] + w["gradnorm"] + w["allocate"]) / train
             rows.append({"gradnorm_params": params, "reuse_pilot": reuse, "gvm_share": share,
                          "gradnorm_share": w["gradnorm"] / train, "pilot_share": w["pilot"] / train,
-                         "tokens": last["tokens"], "pilot_tokens": last["pilot_tokens"], "wall": w})
+                         "tokens": state.tokens, "pilot_tokens": state.pilot_tokens, "wall": w, "train_wall": train})
             print(f"gradnorm={params:<12} reuse_pilot={reuse!s:<5}  GVM stage {100 * share:5.1f}% of train wall "
                   f"(pilot {100 * w['pilot'] / train:4.1f}%, gradnorm {100 * w['gradnorm'] / train:4.1f}%)  "
-                  f"pilot tokens {last['pilot_tokens']}/{last['tokens']}")
+                  f"pilot tokens {state.pilot_tokens}/{state.tokens}")
     best = min(r["gvm_share"] for r in rows)
     print(f"lowest GVM-stage share: {100 * best:.1f}% (goal <= 10%)")
     print(f"results -> {record('overhead', {'model': args.model, 'rows': rows}, smoke=args.smoke)}")

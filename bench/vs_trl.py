@@ -5,7 +5,11 @@ chat-formatted training prompts in the same order, sample the same number of com
 temperature 1.0, and make one AdamW update per generation batch with the same hyper-parameters. Each
 side trains in its own subprocess (so peak RSS is its own); the time compared is the training loop,
 from the start of the first generation to the end of the last optimizer step (model loading,
-one-time trainer setup and evaluation excluded; the whole ``run()`` / ``train()`` call is shown too). Both final models and the initial one are then evaluated by the
+one-time trainer setup and evaluation excluded; the whole ``run()`` / ``train()`` call is shown too).
+On gvm-mini's side the two points are read with PyTorch hooks (the policy's first forward pass, the
+optimizer's step post-hook) and the generation time is the run's own ``rollout`` phase
+(``RunState.wall``, as ``gvm_mini.em.run`` returns it); on TRL's a subclass times its generate call
+and a callback marks each optimizer step. Both final models and the initial one are then evaluated by the
 same evaluator (``gvm_mini.evaluate.evaluate_policy``: Average@k at temperature 1.0 on the same
 held-out prompts, same seed). Printed: time per step and per generated token, tokens, peak RSS,
 accuracy before/after, and the ratio. Goal (issue 5): gvm-mini >= 1.5x faster per generated token
@@ -183,8 +187,10 @@ def _quiet() -> None:
 
 def child_gvm(spec: dict) -> dict:
     _quiet()
-    import gvm_mini.em as em
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     from gvm_mini.data import Problem
+    from gvm_mini.em import run
     from gvm_mini.models import load_model
 
     cfg = gvm_config(spec)
@@ -192,31 +198,36 @@ def child_gvm(spec: dict) -> dict:
     model, tok = load_model(spec["model_dir"], dtype="float32")
     rss_loaded = _rss_mb()
     # the loop proper: from the start of the first generation to the end of the last optimizer step
-    # (the same two points are taken on the TRL side), i.e. without one-time setup and teardown
+    # (the same two points are taken on the TRL side), i.e. without one-time setup and teardown. Read
+    # with PyTorch's own hooks, not by wrapping gvm-mini: the policy's first forward pass is the first
+    # generation's prefill (uniform allocation draws no pilot and eval_every=0 evaluates nothing), and
+    # the optimizer's step post-hook marks each update's end. The phases come from the run's RunState.wall.
     marks: dict = {}
-    sample, m_step = em._sample, em.m_step
 
-    def timed_sample(*a, **kw):
+    def first_forward(_module, _args):
         marks.setdefault("first_generation", time.perf_counter())
-        return sample(*a, **kw)
 
-    def timed_m_step(*a, **kw):
-        out = m_step(*a, **kw)
+    def after_step(_optimizer, _args, _kwargs):
         marks["last_update"] = time.perf_counter()
-        return out
 
-    em._sample, em.m_step = timed_sample, timed_m_step
-    with tempfile.TemporaryDirectory(prefix="vs-trl-gvm-") as d:
-        t0 = time.perf_counter()
-        state = em.run(cfg, Path(d) / "run", model=model, tokenizer=tok, problems=(train, []))
-        call = time.perf_counter() - t0 - state.wall["checkpoint"]  # the end-of-iteration checkpoint is not training
-        rss_peak = _rss_mb()
-        steps = [json.loads(x) for x in open(Path(d) / "run" / "metrics.jsonl") if '"kind": "step"' in x]
+    hooks = [model.register_forward_pre_hook(first_forward),
+             register_optimizer_step_post_hook(after_step)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="vs-trl-gvm-") as d:
+            t0 = time.perf_counter()
+            state = run(cfg, Path(d) / "run", model=model, tokenizer=tok, problems=(train, []))
+            call = time.perf_counter() - t0 - state.wall["checkpoint"]  # the end-of-iteration checkpoint is not training
+            rss_peak = _rss_mb()
+            steps = [json.loads(x) for x in open(Path(d) / "run" / "metrics.jsonl") if '"kind": "step"' in x]
+    finally:
+        for h in hooks:
+            h.remove()
     _save(model, tok, Path(spec["final_dir"]))
     return {"wall": marks["last_update"] - marks["first_generation"], "call_wall": call,
             "steps": state.global_step, "updates": state.updates, "samples": state.samples,
             "tokens": state.tokens, "generation_wall": state.wall["rollout"],
             "phases": {k: state.wall[k] for k in ("rollout", "reward", "update")},
+            "train_phases_wall": sum(v for k, v in state.wall.items() if k not in ("eval", "checkpoint")),
             "reward_mean": [s["reward_mean"] for s in steps],
             "rss_loaded_mb": rss_loaded, "rss_peak_mb": rss_peak}
 
@@ -281,7 +292,7 @@ def child_trl(spec: dict) -> dict:
         shuffle_dataset=False, seed=spec["seed"], dataloader_num_workers=0, report_to="none",
         save_strategy="no", logging_strategy="no", disable_tqdm=True, log_completions=False,
     )
-    # gvm-mini's optimizer exactly (em._make_optimizer): AdamW over all trainable parameters
+    # gvm-mini's optimizer exactly (gvm_mini.mstep.make_optimizer): AdamW over all trainable parameters
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec["learning_rate"],
                                   weight_decay=spec["weight_decay"])
     trainer = TimedGRPOTrainer(model=model, reward_funcs=exact_match, args=args, train_dataset=dataset,

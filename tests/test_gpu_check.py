@@ -27,6 +27,11 @@ def test_gpu_check_dry_run():
         assert it["updates"] >= 2 and it["skipped_updates"] == 0 and it["samples"] > 0
         assert sum(it["n"]) == 32  # samples_per_prompt x prompts: the allocation spent the budget
         assert set(it["phases_s"]) >= {"pilot", "gradnorm", "allocate", "rollout", "update"}
+        # the phases (the run's RunState.wall) lie inside the iteration's wall time
+        assert all(v >= 0 for v in it["phases_s"].values()) and it["phases_s"]["update"] > 0
+        assert sum(it["phases_s"].values()) <= it["wall_s"]
+        # the stand-in verifier was the one used (random twins never answer: an exact verifier accepts nothing)
+        assert it["accepted"] > 0 and any(0 < p < 1 for p in it["p"])
         up = rows[("update", twin, "lora")]
         assert up["updates"] == 1 and up["step_s"] > 0 and up["batch"] == 2 and up["length"] == 64
     # 4-bit is a GPU path: the QLoRA parts are listed as skipped, with the reason

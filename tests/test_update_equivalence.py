@@ -2,8 +2,8 @@
 own forward on the first mini-batch) gives the same update as the M-step before it, on the same
 batch, up to float rounding: RAFT, RAFT++ and GRPO, with and without micro-batches and KL.
 
-``m_step_before`` (bench/_before_issue14.py) is a frozen copy of ``gvm_mini.em.m_step`` as of
-commit d4c5bf4, issue 14's starting point.
+``m_step_before`` (tests/frozen_reference.py) is a frozen, self-contained copy of the M-step as of
+commit d4c5bf4, with its own copies of the losses and helpers it computes with.
 """
 
 import copy
@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from gvm_mini.config import Config
-from gvm_mini.em import m_step
 from gvm_mini.models import load_model
+from gvm_mini.mstep import m_step
 from gvm_mini.rollout import Rollout, sample_hf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from _before_issue14 import m_step_before  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frozen_reference import m_step_before  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,18 @@ def test_the_shared_prompt_path_is_taken_and_plain_under_gradient_checkpointing(
         out.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     moved = (out[0] - torch.cat([p.detach().flatten() for p in model.parameters()])).abs().max()
     assert (out[0] - out[1]).abs().max() < 1e-4 * moved
+
+
+def test_the_frozen_reference_computes_with_its_own_copies():
+    """The "before" side stays frozen: from gvm_mini it takes only the data containers (Config, Rollout),
+    never a function that computes, so a change to the package cannot move both sides of the comparison."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parent / "frozen_reference.py").read_text())
+    taken = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not any(a.name.split(".")[0] == "gvm_mini" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "gvm_mini":
+            taken |= {a.name for a in node.names}
+    assert taken == {"Config", "Rollout"}

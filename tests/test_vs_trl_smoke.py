@@ -47,7 +47,16 @@ def test_vs_trl_smoke():
         assert r["tokens"] > 0 and r["samples"] > 0 and r["steps"] == rec["matched"]["steps"]
         assert r["wall"] > 0 and r["time_per_token"] > 0 and r["time_per_step"] > 0 and r["rss_peak_mb"] > 0
         assert 0.0 <= rec["accuracy"][side]["avg_at_k"] <= 1.0
+        # the loop lies inside the whole call, and generation inside the loop
+        assert 0 < r["generation_wall"] < r["wall"] <= r["call_wall"]
+        assert r["time_per_token"] == pytest.approx(r["wall"] / r["tokens"])
+    # gvm-mini's phases come from the run's RunState.wall: rollout is the generation time, and the
+    # training phases hold the rollout, reward and update phases
+    g = rec["gvm"]
+    assert g["phases"]["rollout"] == g["generation_wall"] and g["phases"]["update"] > 0
+    assert sum(g["phases"].values()) <= g["train_phases_wall"] + 1e-9
     # the same budget on both sides: steps x prompts x group completions
     m_ = rec["matched"]
     assert rec["gvm"]["samples"] == rec["trl"]["samples"] == m_["steps"] * m_["prompts_per_step"] * m_["group"]
     assert rec["ratio_time_per_token"] > 0 and rec["trl_version"] == "1.16.0"
+    assert rec["ratio_time_per_token"] == pytest.approx(rec["trl"]["time_per_token"] / rec["gvm"]["time_per_token"])
