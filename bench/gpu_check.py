@@ -25,8 +25,9 @@ name it in the device run's ``carry``), ``wheels/`` or ``bench/wheels/``. Withou
 
 ``--dry-run`` runs parts 1 and 2 on the CPU with tiny models that keep each twin's architecture
 (Qwen2 with q/k/v biases, Llama with its RoPE scaling) at hidden size 64 and 2 layers, 2 x 64 tokens,
-LoRA only (4-bit is a GPU path); the bitsandbytes wheel is looked up but not installed. It checks that
-the script and the code paths it drives work, not any figure. This script has not yet run on a GPU in
+LoRA and, when bitsandbytes (>= 0.50, whose CPU backend trains 4-bit layers) is installed, the same
+4-bit QLoRA parts on the CPU; a carried wheel is looked up but not installed. It checks that the
+script and the code paths it drives work, not any figure. This script has not yet run on a GPU in
 this project (no GPU was available when it was written).
 """
 
@@ -118,9 +119,11 @@ def build(name: str, mode: str, *, dry: bool, device, vocab: int):
     """(policy with LoRA r=64 on every linear layer, gradient checkpointing on CUDA)."""
     import torch
 
-    from gvm_mini.models import add_lora, load_model, shape_twin
+    from gvm_mini.models import add_lora, load_model, quantize_4bit, shape_twin
 
-    if dry:
+    if dry and mode == "qlora":  # the same 4-bit NF4 path as on CUDA, on the CPU backend
+        model = quantize_4bit(tiny_twin(name, vocab), device)
+    elif dry:
         model = tiny_twin(name, vocab)
     elif mode == "qlora":
         model, _ = load_model(f"twin:{name}", device=device, load_in_4bit=True)
@@ -295,7 +298,14 @@ def main() -> int:
     batch, length = args.batch or (2 if dry else 8), args.length or (64 if dry else 1024)
     micro = 2
     bnb = ensure_bitsandbytes(find_bnb_wheel(args.bnb_wheel), install=not dry)
-    modes = ("lora",) if dry else (("lora", "qlora") if bnb == "ok" else ("lora",))
+    if dry and bnb == "ok":
+        from gvm_mini.models import check_4bit_available
+
+        try:
+            check_4bit_available(device)
+        except (ImportError, RuntimeError) as e:
+            bnb = str(e)
+    modes = ("lora", "qlora") if bnb == "ok" else ("lora",)
     tok = offline_tokenizer()
     print(f"gpu_check{' --dry-run (CPU, tiny shapes)' if dry else ''}: torch {torch.__version__}, "
           f"device {torch.cuda.get_device_name(0) if not dry else 'cpu'}; bitsandbytes: {bnb}", flush=True)
@@ -307,7 +317,7 @@ def main() -> int:
         for k, (part, twin, mode) in enumerate(plan):
             label = f"{part:<9} {twin:<18} {mode:<5}"
             if mode not in modes:
-                why = "4-bit is a GPU path" if dry else f"bitsandbytes: {bnb}"
+                why = f"bitsandbytes: {bnb}"
                 skipped.append({"part": part, "twin": twin, "mode": mode, "why": why})
                 print(f"{label}  skipped ({why})", flush=True)
                 continue

@@ -27,12 +27,16 @@ Here:
 * :func:`add_lora`, :func:`trainable_parameters`, :func:`reference_logits_context` - LoRA adapters
   and the reference policy of the KL term (the same weights with the adapter switched off, so no
   second copy of the base model is kept).
-* :func:`check_4bit_available` - 4-bit QLoRA (bitsandbytes NF4) is a GPU-only path here: on CPU,
-  bitsandbytes' 4-bit kernel repacks weights after eval-mode inference and later training breaks
-  (Qwen2 raises, Llama silently gets zero gradients), so CPU requests are refused up front.
+* :func:`check_4bit_available` - 4-bit QLoRA (bitsandbytes NF4, double quantization) runs wherever
+  bitsandbytes has a backend: CUDA, and the CPU from bitsandbytes 0.50 on. It refuses only when
+  bitsandbytes is missing or has no backend for the device. On CPU the 4-bit layers' inference
+  repack is switched off (:func:`disable_cpu_4bit_repack`): on a CPU with AVX-512 BF16,
+  bitsandbytes repacks a 4-bit weight the first time it runs in eval mode without gradients, and
+  the repacked layout has no backward (later training gets silently wrong gradients, or fails).
 * :func:`quiet_loading` - transformers' own progress bars off while gvm-mini loads or saves a model.
 
-Errors a user can cause (a path that does not exist, a missing optional package, 4-bit on CPU) are
+Errors a user can cause (a path that does not exist, a missing optional package, 4-bit where
+bitsandbytes has no backend) are
 raised before any expensive work as one exception with one clear message: ``FileNotFoundError``
 (bad name or path), ``ImportError`` (missing optional extra) or ``RuntimeError`` (unsupported
 device / dtype request), each naming what to do about it.
@@ -42,6 +46,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
+import logging
 import os
 import socket
 import tempfile
@@ -68,6 +74,7 @@ from .standins import (  # noqa: F401
     shape_twin,
     tiny_model,
     twin_config,
+    twin_generation_config,
     twin_names,
 )
 
@@ -77,15 +84,20 @@ __all__ = [
     "SMOLLM2_GGUF",
     "add_lora",
     "check_4bit_available",
+    "compute_dtype_4bit",
+    "disable_cpu_4bit_repack",
     "load_model",
     "load_smollm2",
     "offline_tokenizer",
+    "quantize_4bit",
     "quiet_loading",
     "reference_logits_context",
     "shape_twin",
     "tiny_model",
     "trainable_parameters",
+    "weight_bytes",
     "twin_config",
+    "twin_generation_config",
     "twin_names",
 ]
 
@@ -111,76 +123,185 @@ def quiet_loading() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The first bitsandbytes release whose CPU backend runs 4-bit NF4 training (forward and backward).
+BNB_MIN_CPU_VERSION = (0, 50)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """``"0.50.2" -> (0, 50, 2)``; a suffix such as ``.dev0`` or ``rc1`` ends the numeric part."""
+    out = []
+    for part in version.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def _import_bitsandbytes():
+    """Import bitsandbytes without its import-time warning about the optional ``kernels`` package
+    (bitsandbytes then uses its own CPU kernel; nothing is missing for gvm-mini)."""
+    cpu_log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = cpu_log.level
+    cpu_log.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module("bitsandbytes")
+    finally:
+        cpu_log.setLevel(level)
+
+
 def check_4bit_available(device: str | torch.device) -> None:
     """Raise one clear error unless 4-bit NF4 loading can work on ``device``; return None if it can.
 
-    Refuses any non-CUDA device (bitsandbytes' CPU 4-bit path breaks training after eval-mode
-    inference: Qwen2 raises, Llama silently gets zero gradients), then requires ``bitsandbytes``
-    (``pip install gvm-mini[qlora]``) and a visible CUDA GPU.
+    Refuses only where bitsandbytes cannot run: ``ImportError`` when it is not installed
+    (``pip install gvm-mini[qlora]``), ``RuntimeError`` when the installed version has no backend for
+    the device type (the CPU backend needs bitsandbytes >= 0.50; other devices must be in its
+    ``supported_torch_devices``) or when ``device`` is CUDA and torch sees no GPU.
     """
     dev = torch.device(device)
-    if dev.type != "cuda":
-        raise RuntimeError(
-            f"load_in_4bit=True needs a CUDA device, got device={str(device)!r}. 4-bit QLoRA is a GPU "
-            "path in gvm-mini: bitsandbytes' CPU 4-bit kernel repacks weights after eval-mode "
-            "inference and training afterwards breaks. On CPU use load_in_4bit=False (LoRA on a "
-            "float32/bfloat16 model)."
-        )
     try:
-        importlib.import_module("bitsandbytes")
+        bnb = _import_bitsandbytes()
     except ImportError:
         raise ImportError(
-            "load_in_4bit=True needs bitsandbytes, which is not installed: pip install gvm-mini[qlora] "
+            "load_in_4bit=True needs bitsandbytes, which is not installed: pip install 'gvm-mini[qlora]' "
             "(or pip install bitsandbytes)"
         ) from None
-    if not torch.cuda.is_available():
+    version = str(getattr(bnb, "__version__", "0"))
+    supported = set(getattr(bnb, "supported_torch_devices", {"cuda"}))
+    if dev.type == "cpu" and _version_tuple(version) < BNB_MIN_CPU_VERSION:
         raise RuntimeError(
-            f"load_in_4bit=True with device={str(device)!r}, but torch sees no CUDA GPU"
+            f"load_in_4bit=True on device='cpu' needs bitsandbytes >= "
+            f"{'.'.join(map(str, BNB_MIN_CPU_VERSION))} (its CPU 4-bit backend); bitsandbytes {version} "
+            "is installed: pip install -U 'gvm-mini[qlora]'"
+        )
+    if dev.type not in supported:
+        raise RuntimeError(
+            f"load_in_4bit=True: bitsandbytes {version} has no backend for device {str(device)!r} "
+            f"(it supports {', '.join(sorted(supported))})"
+        )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"load_in_4bit=True with device={str(device)!r}: bitsandbytes' CUDA backend needs a GPU, "
+            "but torch sees no CUDA GPU (use device=cpu)"
         )
 
 
-def _bnb_config():
-    """The QLoRA quantization config: NF4, double quantization, bfloat16 compute."""
+def compute_dtype_4bit(device: str | torch.device) -> torch.dtype:
+    """The dtype 4-bit layers compute in: bfloat16 on CUDA, float32 elsewhere (the CPU backend's
+    float32 path is its reference path, and ``prepare_model_for_kbit_training`` keeps every
+    non-quantized tensor in float32 anyway)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _bnb_config(device: str | torch.device = "cuda"):
+    """The QLoRA quantization config: NF4, double quantization, :func:`compute_dtype_4bit` compute."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute_dtype_4bit(device),
         bnb_4bit_use_double_quant=True,
     )
 
 
-def _prepare_4bit(model):
-    """``peft.prepare_model_for_kbit_training``: fp32 norms, input grads, gradient checkpointing."""
+def disable_cpu_4bit_repack(model) -> int:
+    """Keep every bitsandbytes 4-bit layer of ``model`` in its trainable weight layout on the CPU.
+
+    bitsandbytes (0.50) ``Linear4bit.forward`` on a CPU with AVX-512 BF16 repacks the layer's 4-bit
+    weight into an inference-only layout the first time it runs in eval mode on an input that does
+    not require grad (which is what sampling under ``torch.no_grad()`` and the M-step's pi_old pass
+    do). From then on the layer computes with a kernel that has no backward: a later training step
+    silently gets wrong LoRA gradients below that layer (Llama; measured: relative error > 1) or the
+    backward raises (Qwen2), and the repack also rounds the block scales to bfloat16, so the "frozen"
+    base changes. This switches the repack off per layer (``support_avx512bf16_for_cpu = False``,
+    the flag the layer checks); called at load time, sampling and training then see the same
+    weights bit for bit, in any order. A repack that already happened is undone with bitsandbytes'
+    inverse, which is best-effort only (the scales stay bfloat16-rounded).
+    Returns the number of 4-bit layers seen (0 for a model without any).
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    n = 0
+    for mod in model.modules():
+        if not isinstance(mod, Linear4bit):
+            continue
+        n += 1
+        mod.support_avx512bf16_for_cpu = False
+        state = getattr(mod.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(mod.weight.data, state)
+    return n
+
+
+def _prepare_4bit(model, device: str | torch.device = "cuda"):
+    """``peft.prepare_model_for_kbit_training`` (fp32 non-quantized tensors, input grads, gradient
+    checkpointing); on a non-CUDA device also :func:`disable_cpu_4bit_repack`."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    if torch.device(device).type != "cuda":
+        disable_cpu_4bit_repack(model)
+    return model
 
 
-def _quantize_4bit(model, device: str | torch.device):
-    """Quantize an in-memory model to 4-bit NF4 on ``device`` (GPU only; NOT tested without a GPU).
+def quantize_4bit(model, device: str | torch.device):
+    """Quantize an in-memory model to 4-bit NF4 on ``device`` (CUDA or CPU).
 
     transformers 5.x quantizes weights while loading a checkpoint, so the model is saved to a
-    temporary directory as bfloat16 safetensors and loaded back with the bitsandbytes config; this is
-    the supported route (``replace_with_bnb_linear`` only swaps modules and leaves the weights
-    unquantized until a checkpoint is loaded into them). Costs one write+read of the bf16 weights
-    (about 3 GB for a 1.5B twin).
+    temporary directory as safetensors and loaded back with the bitsandbytes config; this is the
+    supported route (``replace_with_bnb_linear`` only swaps modules and leaves the weights
+    unquantized until a checkpoint is loaded into them). On CUDA the copy is bfloat16 (as the compute
+    dtype); on CPU it keeps the model's own dtype. Costs one write+read of the weights (about 3 GB for
+    a 1.5B twin in bfloat16). Returns the quantized model after ``prepare_model_for_kbit_training``;
+    ``model`` itself is consumed (moved to bfloat16 on CUDA).
     """
     from transformers import AutoModelForCausalLM
 
+    compute = compute_dtype_4bit(device)
     generation_config = model.generation_config
-    with tempfile.TemporaryDirectory(prefix="gvm_mini_4bit_") as tmp:
-        model.to(torch.bfloat16).save_pretrained(tmp)
+    with tempfile.TemporaryDirectory(prefix="gvm_mini_4bit_") as tmp, quiet_loading():
+        if compute == torch.bfloat16:
+            model = model.to(torch.bfloat16)
+        model.save_pretrained(tmp)
         del model
         quantized = AutoModelForCausalLM.from_pretrained(
             tmp,
-            quantization_config=_bnb_config(),
-            dtype=torch.bfloat16,
+            quantization_config=_bnb_config(device),
+            dtype=compute,
             device_map={"": str(device)},
         )
     quantized.generation_config = generation_config
-    return _prepare_4bit(quantized)
+    return _prepare_4bit(quantized, device)
+
+
+def weight_bytes(model) -> int:
+    """Bytes held by ``model``'s weights: every parameter and buffer (shared tensors once) plus, for
+    bitsandbytes 4-bit layers, their quantization state (NF4 block scales, double-quantization scales
+    and code books), which ``get_memory_footprint`` does not count. The figure the memory plan's
+    ``weights_gb`` estimates (:func:`gvm_mini.plan.estimate_memory`)."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(t) -> None:
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        add(t)
+    for mod in model.modules():
+        state = getattr(getattr(mod, "weight", None), "quant_state", None)
+        while state is not None:  # the 4-bit state, then its nested (double-quantization) state
+            add(state.absmax)
+            add(state.code)
+            add(getattr(state, "offset", None))
+            state = getattr(state, "state2", None)
+    return total
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,8 +444,11 @@ def load_model(
     honoured.
 
     ``dtype="auto"`` means the checkpoint's dtype (float32 for tiny models and SmolLM2, bfloat16 for
-    twins). ``load_in_4bit=True`` (GPU only, see :func:`check_4bit_available`) loads NF4 weights with
-    bfloat16 compute and applies ``peft.prepare_model_for_kbit_training``; call :func:`add_lora` next.
+    twins). ``load_in_4bit=True`` (CUDA, or CPU with bitsandbytes >= 0.50; see
+    :func:`check_4bit_available`) loads NF4 weights with double quantization, computing in bfloat16 on
+    CUDA and float32 on CPU (:func:`compute_dtype_4bit`), and applies
+    ``peft.prepare_model_for_kbit_training`` (non-quantized tensors in float32); call :func:`add_lora`
+    next.
     The tokenizer pads on the left and always has a pad token (eos when the model has none).
     """
     if load_in_4bit:
@@ -355,18 +479,20 @@ def load_model(
         }
         if load_in_4bit:
             kwargs.update(
-                quantization_config=_bnb_config(), device_map={"": str(device)}
+                quantization_config=_bnb_config(device), device_map={"": str(device)}
             )
+            if compute_dtype_4bit(device) == torch.float32:
+                kwargs["dtype"] = torch.float32
         tokenizer = _load_tokenizer(
             location, local_files_only=local_only, trust_remote_code=trust_remote_code
         )
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
         _sync_special_ids(model, tokenizer)
         if load_in_4bit:
-            return _prepare_4bit(model), tokenizer
+            return _prepare_4bit(model, device), tokenizer
         return model.to(device).eval(), tokenizer
     if load_in_4bit:
-        return _quantize_4bit(model, device), tokenizer
+        return quantize_4bit(model, device), tokenizer
     _sync_special_ids(model, tokenizer)
     return model.to(device), tokenizer
 

@@ -12,7 +12,7 @@ import torch
 
 from .config import Config
 
-__all__ = ["HUB_TWINS", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
+__all__ = ["HUB_TWINS", "NF4_BYTES", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
 
 #: Hub ids whose shape twin stands in for the weights when they cannot be downloaded.
 HUB_TWINS = {
@@ -55,11 +55,25 @@ def _lora_params(model, r: int) -> int:
     return n
 
 
+#: Bytes per 4-bit NF4 weight with double quantization (bitsandbytes, blocks of 64): 4 bits, one uint8
+#: scale per block, one float32 scale per 256 blocks.
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+
+def _quantized_linear_params(model) -> int:
+    """Weights that bitsandbytes stores in 4 bits: every ``nn.Linear`` weight except the output head."""
+    return sum(mod.weight.numel() for name, mod in model.named_modules()
+               if isinstance(mod, torch.nn.Linear) and not name.endswith("lm_head"))
+
+
 def estimate_memory(cfg: Config, model) -> dict:
     """Peak-memory estimate (GiB) for training and for HF sampling.
 
-    weights: bf16/fp16 2 B/param, fp32 4 B; 4-bit NF4 with double quantisation ~0.53 B per linear
-    weight, embeddings kept in bf16. LoRA: adapter in fp32 + AdamW's two fp32 moments + grad
+    weights: bf16/fp16 2 B/param, fp32 4 B; 4-bit NF4 with double quantisation :data:`NF4_BYTES`
+    (0.516 B) per linear weight, and everything else (embeddings, an untied head, norms, biases) in
+    float32, because ``peft.prepare_model_for_kbit_training`` upcasts every non-quantized tensor (on
+    CPU and CUDA alike; measured within 1% of :func:`gvm_mini.models.weight_bytes` for the two twins
+    on CPU, ``bench/results/qlora_footprint.jsonl``). LoRA: adapter in fp32 + AdamW's two fp32 moments + grad
     (16 B/param). Training activations for one micro-batch of ``micro_batch_size`` sequences of
     ``max_prompt_length + max_completion_length`` tokens: without gradient checkpointing about
     ``34 * h * L`` bytes per token (the usual transformer estimate), with it ``2 * h * L`` plus one
@@ -81,7 +95,8 @@ def estimate_memory(cfg: Config, model) -> dict:
     linear = n_params - embed - head
     wbytes = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}[cfg.dtype]
     if cfg.load_in_4bit:
-        weights = linear * 0.53 + (embed + head) * 2
+        quantized = _quantized_linear_params(model)
+        weights = quantized * NF4_BYTES + (n_params - quantized) * 4
     else:
         weights = n_params * wbytes
     lora = _lora_params(model, cfg.lora_r) if cfg.lora else n_params

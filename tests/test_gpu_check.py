@@ -1,7 +1,10 @@
 """``bench/gpu_check.py --dry-run``: the GPU check's code paths (one GVM-RAFT++ iteration through
-``em.run`` on each twin's architecture, one ``m_step`` update) on tiny CPU shapes, in seconds."""
+``em.run`` on each twin's architecture, one ``m_step`` update), LoRA and, with bitsandbytes installed,
+4-bit QLoRA on bitsandbytes' CPU backend, on tiny CPU shapes, in seconds."""
 
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,6 +37,14 @@ def test_gpu_check_dry_run():
         assert it["accepted"] > 0 and any(0 < p < 1 for p in it["p"])
         up = rows[("update", twin, "lora")]
         assert up["updates"] == 1 and up["step_s"] > 0 and up["batch"] == 2 and up["length"] == 64
-    # 4-bit is a GPU path: the QLoRA parts are listed as skipped, with the reason
-    assert {(s["part"], s["mode"]) for s in rec["skipped"]} == {("iteration", "qlora"), ("update", "qlora")}
-    assert all(s["why"] == "4-bit is a GPU path" for s in rec["skipped"])
+    if importlib.util.find_spec("bitsandbytes") is None:  # the QLoRA parts are skipped, with the reason
+        assert {(s["part"], s["mode"]) for s in rec["skipped"]} == {("iteration", "qlora"), ("update", "qlora")}
+        assert all(s["why"].startswith("bitsandbytes: ") for s in rec["skipped"])
+        return
+    # bitsandbytes' CPU backend: the same 4-bit QLoRA iteration and update ran, and trained
+    assert rec["bitsandbytes"] == "ok" and rec["skipped"] == []
+    it = rows[("iteration", "qwen2.5-math-1.5b", "qlora")]
+    assert it["updates"] >= 2 and it["skipped_updates"] == 0 and sum(it["n"]) == 32
+    for twin in ("qwen2.5-math-1.5b", "llama-3.2-1b"):
+        up = rows[("update", twin, "qlora")]
+        assert up["updates"] == 1 and up["loss"] is not None and math.isfinite(up["loss"])

@@ -336,19 +336,27 @@ def test_bad_dtype_is_refused():
         load_model("tiny-qwen2", dtype="int8")
 
 
-def test_4bit_on_cpu_is_refused():
-    with pytest.raises(RuntimeError, match="CUDA device"):
+def test_4bit_is_refused_only_where_bitsandbytes_has_no_backend(monkeypatch):
+    bnb = pytest.importorskip("bitsandbytes")
+    check_4bit_available("cpu")  # the CPU backend of bitsandbytes >= 0.50: accepted (see test_qlora_cpu.py)
+    with pytest.raises(RuntimeError, match=r"^load_in_4bit=True: bitsandbytes \S+ has no backend for device 'meta'"):
+        check_4bit_available("meta")
+    with pytest.raises(RuntimeError, match=r"needs bitsandbytes >= 0\.50 \(its CPU 4-bit backend\); bitsandbytes 0\.45\.5"):
+        monkeypatch.setattr(bnb, "__version__", "0.45.5")
         check_4bit_available("cpu")
-    with pytest.raises(RuntimeError, match="CUDA device"):
-        load_model("tiny-qwen2", load_in_4bit=True, device="cpu")
+    monkeypatch.undo()
+    if not models.torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA GPU"):
+            load_model("tiny-qwen2", load_in_4bit=True, device="cuda")
 
 
 def test_4bit_without_bitsandbytes_is_refused(monkeypatch):
     monkeypatch.setitem(
         sys.modules, "bitsandbytes", None
     )  # makes `import bitsandbytes` fail
-    with pytest.raises(ImportError, match=r"pip install gvm-mini\[qlora\]"):
-        check_4bit_available("cuda:0")
+    for device in ("cuda:0", "cpu"):
+        with pytest.raises(ImportError, match=r"^load_in_4bit=True needs bitsandbytes, which is not installed: pip install 'gvm-mini\[qlora\]'"):
+            check_4bit_available(device)
 
 
 def test_smollm2_without_package_is_refused(monkeypatch, tmp_path):
