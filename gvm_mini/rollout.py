@@ -426,7 +426,7 @@ def vllm_engine(cfg) -> VLLMEngine:
     from . import models
 
     base = cfg.model
-    if base in models._TINY or base == "smollm2":
+    if base in models.TINY_MODELS or base == "smollm2":
         import tempfile
 
         base = tempfile.mkdtemp(prefix="gvm-mini-vllm-base-")
@@ -435,7 +435,7 @@ def vllm_engine(cfg) -> VLLMEngine:
         tok.save_pretrained(base)
         del model
     else:
-        base = models._resolve_location(base)[0]
+        base = models.resolve_location(base)[0]
     rank = next((r for r in _VLLM_LORA_RANKS if r >= cfg.lora_r), cfg.lora_r)
     kwargs = dict(
         model=base, dtype="float16" if cfg.dtype == "float16" else "bfloat16",  # vLLM LoRA kernels: 16-bit only

@@ -142,7 +142,6 @@ def _case_setup(name: str, tmp: Path, no_template_model_dir: Path | None):
         "model_no_chat_template": (b, ["--set", f"model={no_template_model_dir}"], "has no chat template"),
         "model_twin": (b, ["--set", "model=twin:qwen2.5-math-1.5b"], "has no tokenizer"),
         "vllm_backend": (b, ["--set", "backend=vllm"], "vllm"),
-        "load_in_4bit_cpu": (b, ["--set", "load_in_4bit=true"], "load_in_4bit=True needs a CUDA device"),
         "load_in_4bit_cuda": (b, ["--set", "load_in_4bit=true", "--set", "device=cuda"], "bitsandbytes"),
         "load_in_4bit_no_lora": (b, ["--set", "load_in_4bit=true", "--set", "lora=false"], "needs lora=true"),
         "device_cuda": (b, ["--set", "device=cuda"], "no CUDA GPU"),
@@ -161,7 +160,7 @@ CASES = [
     "dataset_blank_lines", "dataset_corrupt", "dataset_not_object", "dataset_no_answer", "dataset_null_answer",
     "dataset_no_problem", "dataset_too_small", "dataset_kind", "dataset_hub_unknown", "eval_dataset_missing",
     "eval_dataset_corrupt", "model_missing_path", "model_dir_without_config", "model_unknown_hub_offline",
-    "model_no_chat_template", "model_twin", "vllm_backend", "load_in_4bit_cpu", "load_in_4bit_cuda",
+    "model_no_chat_template", "model_twin", "vllm_backend", "load_in_4bit_cuda",
     "load_in_4bit_no_lora", "device_cuda", "device_garbage", "verifier_unknown",
 ]
 
@@ -186,8 +185,6 @@ def test_bad_input_is_one_line_before_any_model_loads(case, tmp_path, capsys, gu
 
         if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
             pytest.skip("bitsandbytes and a GPU are present: 4-bit is available")
-    if case == "load_in_4bit_cpu" and torch.cuda.is_available():
-        pass  # device=cpu is refused whatever the machine
     nt = request.getfixturevalue("no_template_model") if case == "model_no_chat_template" else None
     capsys.readouterr()  # drop what building the fixture printed (save_pretrained's progress bar)
     text, extra, expected = _case_setup(case, tmp_path, nt)

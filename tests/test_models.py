@@ -186,7 +186,7 @@ def test_reference_context_refuses_plain_model(tok):
 
 
 def _published(name):
-    return json.loads((models._TWIN_DIR / f"{name}.json").read_text())[
+    return json.loads((models.TWIN_DIR / f"{name}.json").read_text())[
         "_num_parameters"
     ]
 
@@ -304,7 +304,7 @@ def test_pad_token_falls_back_to_eos(tmp_path, tok):
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
     cfg.pop("pad_token", None)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
-    loaded = models._load_tokenizer(
+    loaded = models.load_tokenizer(
         str(tmp_path), local_files_only=True, trust_remote_code=False
     )
     assert loaded.pad_token == loaded.eos_token == "<|im_end|>"
