@@ -44,7 +44,7 @@ BACKENDS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 KL_REFERENCES = ("iteration_start", "initial")
 OLD_LOGPROBS = ("recompute", "behaviour")
-PILOTS = ("fresh", "reuse", "history")
+PILOTS = ("fresh", "reuse", "history", "history_reuse")
 MINI_BATCH_UNITS = ("responses", "fork")
 REPORT_TO = ("none", "tensorboard")
 
@@ -91,8 +91,10 @@ class Config:
     min_per_prompt: int = 0
     max_per_prompt: int | None = None
     reuse_pilot: bool = False  # deprecated alias of pilot: reuse (kept so old configs and run dirs load)
-    pilot: str = "fresh"  # fresh (paper) | reuse (pilots count towards n_i and are trained on) | history (earlier epochs' samples, no pilot for seen prompts)
-    estimator: str = "paper"  # paper (raw pilot fraction, G=0 without an accepted pilot) | bayes (empirical-Bayes Beta posterior mean, pooled G)
+    pilot: str = "fresh"  # fresh (paper) | reuse (pilots count towards n_i and are trained on) | history (earlier epochs' samples, no pilot for seen prompts) | history_reuse (both)
+    estimator: str = "paper"  # paper (raw pilot fraction, G=0 without an accepted pilot) | bayes (empirical-Bayes Beta posterior mean, pooled G) | robust (per-prompt Beta posterior over every sample seen, G shrunk to the pool; the history accumulates)
+    robust_floor: int = 2  # allocation: gvm_robust - at least this many samples per prompt (lowered to N/m if N cannot pay it)
+    robust_cap_factor: float = 4.0  # allocation: gvm_robust - at most this many times the uniform share
     prompt_weighting: str = "tokens"  # M-step: tokens (official code, token mean) | prompt (Algorithm 1: 1/|D_i|) | lemma1 (1/(n_i p_i))
     gradnorm_params: str = "embed_tokens"
     grpo_group_size: int | None = None  # None: one group of n_i per prompt (official HEAD); 4: paper App. B
@@ -158,6 +160,16 @@ class Config:
     def pilot_mode(self) -> str:
         """``pilot``, with the deprecated ``reuse_pilot: true`` read as ``pilot: reuse``."""
         return "reuse" if self.reuse_pilot else self.pilot
+
+    @property
+    def uses_history(self) -> bool:
+        """Seen prompts take their estimates from the history record instead of a new pilot."""
+        return self.uses_pilot and self.pilot_mode in ("history", "history_reuse")
+
+    @property
+    def trains_on_pilot(self) -> bool:
+        """Pilot samples count towards n_i and are trained on."""
+        return self.pilot_mode in ("reuse", "history_reuse")
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
@@ -324,6 +336,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"num_pilot must be >= 0, got {cfg.num_pilot}")
     if cfg.prompt_weighting == "lemma1" and not cfg.uses_pilot:
         raise ConfigError("prompt_weighting=lemma1 weights by 1/(n_i p_i) and needs the pilot's p_i; allocation=uniform has none (use tokens or prompt)")
+    if cfg.robust_floor < 0 or cfg.robust_cap_factor < 1:
+        raise ConfigError(f"robust_floor must be >= 0 and robust_cap_factor >= 1, got {cfg.robust_floor} and {cfg.robust_cap_factor}")
     if cfg.mini_batch_unit == "fork" and cfg.mini_batch_size % cfg.samples_per_prompt:
         raise ConfigError(f"mini_batch_unit=fork divides mini_batch_size ({cfg.mini_batch_size}) by samples_per_prompt "
                           f"({cfg.samples_per_prompt}); choose a multiple")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data, models, rewards, rundir
+from . import data, estimators, models, rewards, rundir
 from .config import Config, ConfigError
 from .estep import allocate_budget, e_step
 from .evaluate import evaluate_policy
@@ -242,8 +242,8 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
                 break
 
         # record: history, allocation, evaluation, checkpoint
-        if cfg.uses_pilot and cfg.pilot_mode == "history":  # kept in the checkpoint's state.json: survives a resume
-            _update_history(state, ids, est, t)
+        if cfg.uses_history:  # kept in the checkpoint's state.json: survives a resume
+            _update_history(state, ids, est, t, accumulate=cfg.estimator == "robust")
         state.iteration += 1
         rec.allocation(_allocation_record(t, ids, est, allocation, step_acceptance, problems_t))
         rec.log(_iteration_record(cfg, t, ids, est, allocation))
@@ -272,7 +272,7 @@ def _reused_pilots(cfg: Config, est, n: np.ndarray, sl: np.ndarray) -> Rollout:
     """``pilot: reuse``: up to ``n_i`` of prompt ``i``'s pilot samples join its training samples
     (their ``prompt_index`` relative to the step); an empty rollout otherwise."""
     parts = []
-    if cfg.pilot_mode == "reuse" and est.pilot is not None:
+    if cfg.trains_on_pilot and est.pilot is not None:
         for local, i in enumerate(sl):
             part = est.pilot.select(np.flatnonzero(est.pilot.prompt_index == i)[: n[i]])
             part.prompt_index = np.full(len(part), local)
@@ -287,10 +287,11 @@ def _acceptance(batch: Rollout, rewards: np.ndarray, m: int) -> np.ndarray:
     return np.where(tot > 0, acc / np.maximum(tot, 1), np.nan)
 
 
-def _update_history(state: RunState, prompt_ids, est, t: int) -> None:
-    from .estimators import history_update
-
-    history_update(state.history, prompt_ids, est.visit.k, est.visit.n, est.visit.tokens, est.G_raw, t)
+def _update_history(state: RunState, prompt_ids, est, t: int, accumulate: bool) -> None:
+    """The history record of this visit: replaces the last visit's counts, or with ``accumulate``
+    (``estimator: robust``) adds to every earlier visit's."""
+    write = estimators.history_accumulate if accumulate else estimators.history_update
+    write(state.history, prompt_ids, est.visit.k, est.visit.n, est.visit.tokens, est.G_raw, t)
 
 
 def _evaluator(cfg: Config, model, tokenizer, test, verifier, rec):

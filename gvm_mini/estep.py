@@ -118,7 +118,7 @@ def e_step(cfg, model, tokenizer, texts: list[str], problems, prompt_ids, histor
         return Estimates(np.full(m, np.nan), np.full(m, np.nan), None, None, np.zeros(m, dtype=bool), None, None, visit)
     basis, G_raw = Counts.zeros(m), np.zeros(m)
     from_history = np.zeros(m, dtype=bool)
-    if cfg.pilot_mode == "history":
+    if cfg.uses_history:
         from_history, basis.k, basis.n, basis.tokens, G_raw = estimators.history_lookup(history, prompt_ids, cfg.num_pilot)
     need = np.flatnonzero(~from_history)
     pilot = rewards = None
@@ -139,6 +139,15 @@ def e_step(cfg, model, tokenizer, texts: list[str], problems, prompt_ids, histor
     return Estimates(p, G, cost, G_raw, from_history, pilot, rewards, visit)
 
 
+def _rule_options(cfg, est: Estimates) -> dict:
+    """What a rule needs beyond ``p, G, budget``: per-prompt costs, or gvm_robust's floor and cap."""
+    if cfg.allocation in alloc.COST_AWARE:
+        return {"cost": est.cost}
+    if cfg.allocation == "gvm_robust":
+        return {"floor": cfg.robust_floor, "cap_factor": cfg.robust_cap_factor}
+    return {}
+
+
 def allocate_budget(cfg, est: Estimates, budget: int) -> Allocation:
     """``n_i`` for ``budget`` samples by the rule ``cfg.allocation`` (:data:`gvm_mini.allocation.RULES`;
     ``gvm`` is Proposition 1, Eq. 6) on the estimates, with the bounds ``min_per_prompt`` /
@@ -148,8 +157,7 @@ def allocate_budget(cfg, est: Estimates, budget: int) -> Allocation:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", alloc.AllocationFallbackWarning)
         n = rule(np.nan_to_num(est.p), np.nan_to_num(est.G), budget, alpha=cfg.alpha, beta=cfg.beta,
-                 min_per_prompt=cfg.min_per_prompt, max_per_prompt=cfg.max_per_prompt,
-                 **({"cost": est.cost} if cfg.allocation in alloc.COST_AWARE else {}))
+                 min_per_prompt=cfg.min_per_prompt, max_per_prompt=cfg.max_per_prompt, **_rule_options(cfg, est))
     expected = None if est.cost is None else float(n @ est.cost)
     if cfg.algorithm == "grpo" and cfg.grpo_group_size:
         g = cfg.grpo_group_size

@@ -28,7 +28,7 @@ __all__ = ["ESTIMATORS", "fit_beta_prior", "posterior_mean", "pooled_G", "estima
            "history_lookup", "history_update", "iteration_estimates", "ROBUST_G_STRENGTH",
            "ROBUST_FALLBACK_PRIOR", "robust_estimates", "history_accumulate"]
 
-ESTIMATORS = ("paper", "bayes")
+ESTIMATORS = ("paper", "bayes", "robust")
 
 _RHO_MIN = 1e-6  # intra-class correlation 1/(a+b+1) is clipped to [_RHO_MIN, 1 - _RHO_MIN]
 
@@ -115,6 +115,7 @@ def estimate(k, n, G, *, estimator: str = "paper") -> tuple[np.ndarray, np.ndarr
     norms ``G_i`` over the accepted pilots (0 where ``k_i = 0``).
 
     * ``paper`` (Algorithm 2, the default): ``p_i = k_i / n_i`` (0 where ``n_i = 0``), ``G`` unchanged.
+    * ``robust``: :func:`robust_estimates` (per-prompt Beta posterior, ``G`` shrunk to the pool).
     * ``bayes``: ``p_i`` = :func:`posterior_mean` under :func:`fit_beta_prior`; prompts with
       ``k_i = 0`` get ``G_i`` = :func:`pooled_G`. Their Proposition-1 weight is then small but
       positive (it reflects the posterior's uncertainty instead of being zero).
@@ -125,6 +126,8 @@ def estimate(k, n, G, *, estimator: str = "paper") -> tuple[np.ndarray, np.ndarr
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "robust":
+        return robust_estimates(k, n, G)
     k, n, G = _counts(k, n, G)
     if estimator == "paper":
         return np.where(n > 0, k / np.maximum(n, 1), 0.0), G.copy()
@@ -184,7 +187,10 @@ def iteration_estimates(k, n, G, known, *, estimator: str = "paper") -> tuple[np
     ``Beta(a, b)`` prior that :func:`fit_beta_prior` fits to *all* the iteration's counts (so a prompt
     that failed its last ``n_i`` attempts keeps a small positive ``p_i``), and a known prompt with
     accepted samples but ``G_i = 0`` (its last pilot had none accepted, its rollouts did) gets the
-    pooled ``G`` of the batch. With ``known`` all False this is exactly :func:`estimate`."""
+    pooled ``G`` of the batch. With ``known`` all False this is exactly :func:`estimate`.
+    ``robust`` treats every prompt alike (:func:`robust_estimates` on the counts, whatever their source)."""
+    if estimator == "robust":
+        return robust_estimates(k, n, G)
     k, n, G = _counts(k, n, G)
     known = np.asarray(known, dtype=bool)
     p, Gh = estimate(k, n, G, estimator=estimator)

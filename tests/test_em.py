@@ -299,3 +299,29 @@ def test_mini_batch_unit_fork_reproduces_the_official_update_count(tmp_path, mon
     steps = [r for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "step"]
     assert steps and all(r["updates"] + r["skipped_updates"] == -(-r["step_samples"] // per_update) for r in steps)
     assert sum(r["updates"] for r in steps) > 0
+
+
+def test_gvm_robust_in_the_loop(tmp_path, monkeypatch, tiny_policy):
+    """allocation: gvm_robust with its parts (estimator: robust, pilot: history_reuse): every prompt gets
+    at least the floor (2) and at most the cap (4 x uniform = 16), never-solved prompts included; the
+    pilots are trained on; the second epoch draws no pilot and its estimates come from the accumulated
+    history (every sample of both visits counted)."""
+    cfg = _tiny(allocation="gvm_robust", estimator="robust", pilot="history_reuse", steps_per_iteration=2)
+    train, test = _problems(cfg)
+    kind = _three_kinds(monkeypatch, train)
+    st = _run(replace(cfg, iterations=2), tmp_path, tiny_policy, problems=(train, test))
+    allocs = _records(tmp_path / "allocations.jsonl")
+    for a in allocs:
+        n = np.array(a["n"])
+        assert n.sum() == cfg.samples_per_prompt * len(n) and n.min() >= 2 and n.max() <= 16
+        assert all(0 < p < 1 for p in a["p"])  # a posterior mean is never 0 or 1
+    never = np.array([kind[train[i].answer] == 2 for i in allocs[0]["prompt_ids"]])
+    assert never.any() and np.all(np.array(allocs[0]["n"])[never] >= 2)  # the paper's rule gives them 0
+    steps = [r for r in _records(tmp_path / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps[0]["pilot_reused"] > 0  # the first epoch's pilots are trained on
+    assert st.pilot_samples == 16 * cfg.num_pilot  # one pilot per prompt, in the first epoch only
+    hist = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["state"]["history"]
+    first = {str(i): n for i, n in zip(allocs[0]["prompt_ids"], allocs[0]["n"])}
+    second = {str(i): n for i, n in zip(allocs[1]["prompt_ids"], allocs[1]["n"])}
+    # accumulated: the pilot (4, reused towards n_i) plus every training sample of both visits
+    assert all(hist[i]["n"] == max(first[i], cfg.num_pilot) + second[i] for i in first)
