@@ -18,7 +18,7 @@ from ..data import arithmetic_problems, format_chat
 from ..models import offline_tokenizer, quiet_loading, tiny_model
 from .task import RULES_DATA_SEED, RULES_TEST_PER_FAMILY, TASK, rule_problems, rule_solution
 
-__all__ = ["SFT", "RuleSFT", "rule_sft_solution", "slipped_solution", "warm_start"]
+__all__ = ["SFT", "RuleSFT", "SHIPPED", "rule_sft_solution", "slipped_solution", "warm_start"]
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,19 @@ def _sft_data(sft) -> tuple[list, list[str]]:
     return problems, [slipped_solution(p.meta["expression"], rng, sft.slip_base, sft.slip_growth) for p in problems]
 
 
-def warm_start(cache_root: Path, sft: SFT | RuleSFT = RuleSFT(), *, progress: bool = True) -> Path:
-    """Train (or reuse) the SFT-warmed tiny policy; returns its directory (a local HF model dir)."""
+#: the default rule-task warm start, trained once and shipped with the package (0.6 MB of safetensors):
+#: SFT on different CPUs (AVX2 / AVX-512 kernels) ends in different weights, and the demo's table with them
+SHIPPED = Path(__file__).with_name("weights")
+
+
+def warm_start(cache_root: Path, sft: SFT | RuleSFT = RuleSFT(), *, progress: bool = True, train: bool = False) -> Path:
+    """The SFT-warmed tiny policy's directory (a local HF model dir): the shipped one when ``sft`` is
+    the shipped setting (unless ``train``), else trained once on this machine and cached."""
     task = "rules" if isinstance(sft, RuleSFT) else TASK
     key = hashlib.sha256(json.dumps({"task": task, "sft": asdict(sft)}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    shipped = SHIPPED / f"demo-policy-{key}"
+    if not train and (shipped / "config.json").is_file():
+        return shipped
     out = cache_root / f"demo-policy-{key}"
     if (out / "config.json").is_file():
         return out

@@ -1,0 +1,505 @@
+"""Where per-prompt allocation pays: a pre-registered study across tasks, warm starts and seeds.
+
+    python bench/allocation_study.py --tune          # gvm_robust's settings, chosen on the demo task only
+    python bench/allocation_study.py                 # the study: every task x warm start x seed x rule
+    python bench/allocation_study.py --map           # the practitioner's map on the rule task
+    python bench/allocation_study.py --paper         # the paper's update count, reproduced on the demo task
+    python bench/allocation_study.py --smoke         # under a minute (CI): one tiny cell of each part
+
+Every arm of a task starts from the same warm start and is stopped at the same number of generated
+tokens, every sample that shapes an allocation counted (pilots included). For each task and rule:
+final test accuracy (mean and standard error over the (warm start, seed) pairs), the *paired*
+difference against uniform on the same warm start and seed (the statistic that decides), the tokens at
+which the rule's mean curve reaches uniform's final accuracy, and the estimation cost's share of tokens
+and of training wall time. RAFT++ and GRPO.
+
+Rules (``RULES``): ``uniform``; ``gvm`` (the paper: Proposition 1 on a fresh N' = 4 pilot);
+``gvm_robust`` (Proposition 1 with a floor and a cap on a per-prompt Beta posterior fed by every sample
+seen, no pilot for a seen prompt, pilots trained on; its settings are :data:`PREREGISTERED`, chosen with
+``--tune`` on the demo task before any other task was run); ``knapsack+history`` (Knapsack-RL's value
+with earlier epochs' estimates); ``filter_extremes`` (DAPO-style: pilot, then drop all-right and
+all-wrong prompts).
+
+Tasks (``TASKS``): ``rules`` (the demo's task; the tuning task), ``chains`` (the previous demo's
+one-digit chains), ``rules-extremes`` (the rule task with 6 of 8 families near-solved or unsolvable
+at the start: a held-out warm start family) and ``synthetic`` (the exact latent-CoT models of the
+regime map, Lemma-1 M-steps, loss at equal samples with the pilots counted). Warm starts are SFT seeds
+(synthetic: model seeds); seed 0 of ``rules`` is the demo's shipped warm start.
+
+Writes ``bench/results/allocation_study.{json,md,png}`` (``--tune``: ``allocation_study_tuning.*``;
+``--map``: ``allocation_map.*``; ``--paper``: ``paper_updates.*``). Run directories go to
+``runs/allocation_study``; everything resumes (finished runs are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace as dc_replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gvm_mini import demo  # noqa: E402
+from gvm_mini.atomic import atomic_savefig, atomic_write_text  # noqa: E402
+from gvm_mini.plots import read_jsonl  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+#: gvm_robust's settings, chosen on the demo task with --tune (see allocation_study.md, "Pre-registration")
+PREREGISTERED = {"robust_floor": 2, "robust_cap_factor": 4.0, "prompt_weighting": "tokens"}
+
+#: the gvm_robust arm: the rule, its estimates and its pilot policy (parts kept as options for ablations)
+ROBUST = {"estimator": "robust", "pilot": "history_reuse"}
+
+#: (label, allocation, options) of the study's rules; ``uniform`` is every paired difference's baseline
+RULES = [
+    ("uniform", "uniform", {}),
+    ("gvm", "gvm", {}),
+    ("gvm_robust", "gvm_robust", {**ROBUST, **PREREGISTERED}),
+    ("knapsack+history", "knapsack", {"pilot": "history"}),
+    ("filter_extremes", "filter_extremes", {}),
+]
+
+ALGORITHMS = {"RAFT++": "raftpp", "GRPO": "grpo"}
+
+#: the rule task with 6 of its 8 families at the extremes: A, B, C near-solved, F, G, H never written
+EXTREME_SHARES = (("A", 0.97), ("B", 0.97), ("C", 0.97), ("D", 0.3), ("E", 0.15), ("F", 0.0), ("G", 0.0), ("H", 0.0))
+
+TASKS = {
+    "rules": {"demo_task": "rules", "sft": lambda w: dc_replace(demo.RuleSFT(), seed=w), "budget": demo.BUDGET},
+    "chains": {"demo_task": "chains", "sft": lambda w: dc_replace(demo.SFT(), seed=w), "budget": 150_000},
+    "rules-extremes": {"demo_task": "rules", "sft": lambda w: dc_replace(demo.RuleSFT(), seed=w, shares=EXTREME_SHARES),
+                       "budget": demo.BUDGET},
+}
+
+#: the map: (a) how many of the 8 families start at an extreme, (b) how many epochs the budget covers
+MAP_EXTREMES = {
+    "2/8": demo.RuleSFT().shares,
+    "4/8": (("A", 0.97), ("B", 0.97), ("C", 0.4), ("D", 0.2), ("E", 0.12), ("F", 0.08), ("G", 0.0), ("H", 0.0)),
+    "6/8": EXTREME_SHARES,
+}
+MAP_EPOCHS = {"~2 epochs": {}, "~12 epochs": {"train_size": 64}}  # 376 training prompts, or the first 64
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _jobs(out: Path, task: str, warm: list[int], seeds: list[int], rules, algorithms, *, budget: int, extra: dict,
+          cache: Path, sft_of=None, smoke: bool = False) -> list[tuple]:
+    spec = TASKS[task]
+    jobs = []
+    for w in warm:
+        sft = (sft_of or spec["sft"])(w)
+        if smoke:
+            sft = dc_replace(sft, steps=30)
+        model_dir = demo.warm_start(cache, sft, progress=False)
+        for s in seeds:
+            for alg_label, alg in algorithms.items():
+                for label, allocation, opts in rules:
+                    run = f"{label}-{alg_label}-w{w}-s{s}"
+                    jobs.append((model_dir, run, alg, allocation, s, False, spec["demo_task"], out / run,
+                                 {**opts, **extra, "token_budget": budget}))
+    return jobs
+
+
+def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    recs = read_jsonl(run_dir / "metrics.jsonl")
+    evals = [r for r in recs if r["kind"] == "eval"]
+    return np.array([e["tokens"] for e in evals], float), np.array([e["avg_at_k"] for e in evals], float), recs[-1]
+
+
+def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int) -> dict:
+    """Per algorithm and rule: final accuracy at ``budget`` tokens, paired differences against
+    uniform on the same (warm start, seed), tokens to reach uniform's final accuracy, estimation cost."""
+    res = {}
+    grid = np.linspace(0, budget, 151)
+    for alg_label in algorithms:
+        rows, curves = {}, {}
+        for label, _, _ in rules:
+            finals, cs, pilot_share, wall_share = [], [], [], []
+            for w in warm:
+                for s in seeds:
+                    x, y, last = _curve(out / f"{label}-{alg_label}-w{w}-s{s}")
+                    finals.append(float(np.interp(budget, x, y)))
+                    cs.append(np.interp(grid, x, y))
+                    pilot_share.append(last["pilot_tokens"] / max(last["tokens"], 1))
+                    wall = last["wall"]
+                    train = sum(v for k, v in wall.items() if k not in ("eval", "checkpoint"))
+                    wall_share.append((wall["pilot"] + wall["gradnorm"] + wall["allocate"]) / max(train, 1e-9))
+            rows[label] = {"finals": finals, "start": float(np.mean([c[0] for c in cs])),
+                           "pilot_token_share": float(np.mean(pilot_share)), "estimation_wall_share": float(np.mean(wall_share))}
+            curves[label] = np.mean(cs, axis=0)
+        base = np.array(rows["uniform"]["finals"])
+        target = float(base.mean())
+        reach_u = _first_reach(grid, curves["uniform"], target)
+        for label, row in rows.items():
+            f = np.array(row["finals"])
+            d = f - base
+            n = len(f)
+            row.update(final_mean=float(f.mean()), final_se=float(f.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+                       paired_diff=float(d.mean()), paired_se=float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+                       tokens_to_uniform_final=_first_reach(grid, curves[label], target))
+            r = row["tokens_to_uniform_final"]
+            row["token_ratio"] = (r / reach_u) if (r is not None and reach_u) else None
+            row["curve"] = curves[label].tolist()
+        res[alg_label] = rows
+    return {"grid_tokens": grid.tolist(), "by_algorithm": res}
+
+
+def _first_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float | None:
+    hit = np.flatnonzero(curve >= target - 1e-12)
+    return float(grid[hit[0]]) if hit.size else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the synthetic task: exact models, Lemma-1 M-steps, loss at equal samples (pilots counted)
+# ---------------------------------------------------------------------------------------------
+
+
+SYNTH = dict(m=8, per_prompt=4, k=5, step=4.0, n_pilot=8, T=12)
+
+
+def _synthetic(warm: list[int], seeds: list[int], *, smoke: bool, rules=RULES) -> dict:
+    """Each rule on ``make_model(seed=w, p_range=(0.005, 0.9))`` at the regime map's best cell (wide
+    spread, eta = 4 gamma), its ``p_i``/``G_i`` estimated from N' = 8 pilots (counted) except uniform's;
+    the runs are compared at equal samples drawn: uniform runs until the rule's sample count. Score:
+    ``-L(theta)`` (higher is better), so differences read like the accuracy tasks'."""
+    from gvm_mini import synthetic as S
+
+    T = 2 if smoke else SYNTH["T"]
+    out = {}
+    for label, allocation, _ in rules:
+        finals, costs = [], []
+        for w in warm:
+            model = S.make_model(m=SYNTH["m"], seed=w, p_range=(0.005, 0.9))
+            eta = SYNTH["step"] * S.gamma(model)
+            N = SYNTH["per_prompt"] * SYNTH["m"]
+            for s in seeds:
+                kw = {} if allocation == "uniform" else {"n_pilot": SYNTH["n_pilot"], "min_per_prompt": 0}
+                tr = S.run_em(model, allocation, N, T, SYNTH["k"], eta, s, **kw)
+                spent = float(np.sum(tr.samples))
+                if allocation != "uniform":
+                    finals.append(-float(tr.loss[-1]))
+                else:  # uniform gets as many samples as the pilot-based rules spend (its E-steps are cheaper)
+                    T_u = int(round(T * (N * SYNTH["k"] + SYNTH["n_pilot"] * SYNTH["m"]) / (N * SYNTH["k"])))
+                    tr = S.run_em(model, "uniform", N, T_u, SYNTH["k"], eta, s)
+                    finals.append(-float(tr.loss[-1]))
+                    spent = float(np.sum(tr.samples))
+                costs.append(spent)
+        out[label] = {"finals": finals, "samples": float(np.mean(costs))}
+    base = np.array(out["uniform"]["finals"])
+    for label, row in out.items():
+        f, d = np.array(row["finals"]), np.array(row["finals"]) - base
+        n = len(f)
+        row.update(final_mean=float(f.mean()), final_se=float(f.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+                   paired_diff=float(d.mean()), paired_se=float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else None)
+    return {"metric": "-L(theta) at equal samples (pilots counted)", "by_algorithm": {"Lemma-1 SGD": out}}
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(v, se=None, sign=False) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{v:+.3f}" if sign else f"{v:.3f}"
+    return s + (f" ± {se:.3f}" if se is not None else "")
+
+
+def _table(task: str, summary: dict, n_pairs: str) -> str:
+    lines = [f"### {task} ({n_pairs})", "",
+             "| algorithm | rule | final acc (mean ± SE) | paired diff vs uniform (± SE) | tokens to uniform's final (ratio) | pilot share of tokens | estimation share of train wall |",
+             "|---|---|---|---|---|---|---|"]
+    for alg, rows in summary["by_algorithm"].items():
+        for label, r in rows.items():
+            reach = r.get("tokens_to_uniform_final")
+            ratio = r.get("token_ratio")
+            reach_s = "n/a" if "tokens_to_uniform_final" not in r else ("not reached" if reach is None else
+                                                                          f"{reach / 1000:.0f}k" + (f" ({ratio:.2f}x)" if ratio else ""))
+            lines.append(f"| {alg} | {label} | {_fmt(r['final_mean'], r['final_se'])} | "
+                         f"{'—' if label == 'uniform' else _fmt(r['paired_diff'], r['paired_se'], sign=True)} | {reach_s} | "
+                         f"{100 * r.get('pilot_token_share', 0):.0f}% | {100 * r.get('estimation_wall_share', 0):.0f}% |")
+    return "\n".join(lines)
+
+
+def _figure(results: dict, path: Path, title: str) -> None:
+    """One panel per task: each rule's paired difference against uniform (± SE), RAFT++ and GRPO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False, sharey=False)
+    colors = {"RAFT++": "tab:blue", "GRPO": "tab:orange", "Lemma-1 SGD": "tab:purple"}
+    for ax, task in zip(axes[0], tasks):
+        by = results["tasks"][task]["by_algorithm"]
+        labels = [lab for lab, _, _ in RULES if lab != "uniform" and all(lab in rows for rows in by.values())]
+        for j, (alg, rows) in enumerate(by.items()):
+            y = np.arange(len(labels)) + (j - (len(by) - 1) / 2) * 0.25
+            ax.errorbar([rows[lab]["paired_diff"] for lab in labels], y,
+                        xerr=[rows[lab]["paired_se"] or 0 for lab in labels], fmt="o", color=colors.get(alg, "k"),
+                        capsize=3, label=alg)
+        ax.axvline(0, color="gray", lw=1)
+        ax.set_yticks(np.arange(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("paired difference vs uniform\n(" + ("-L(θ)" if task == "synthetic" else "test accuracy") + "; right = better)")
+        ax.set_title(task, fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    handles, names = [], []
+    for ax in axes[0]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    atomic_savefig(fig, path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parts
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_task(out: Path, task: str, warm, seeds, rules, algorithms, *, budget, extra, cache, workers, smoke, sft_of=None):
+    jobs = _jobs(out, task, warm, seeds, rules, algorithms, budget=budget, extra=extra, cache=cache, sft_of=sft_of, smoke=smoke)
+    print(f"{task}: {len(jobs)} runs of {budget:,} generated tokens", flush=True)
+    demo.run_jobs(out, jobs, budget, max(1, min(workers, len(jobs))))
+    return _summarise(out, rules, algorithms, warm, seeds, budget)
+
+
+def study(args, out: Path, cache: Path) -> dict:
+    warm, seeds = ([0], [0]) if args.smoke else (list(range(args.warm_starts)), list(range(args.seeds)))
+    tasks = args.tasks.split(",") if args.tasks else (["rules", "synthetic"] if args.smoke else list(TASKS) + ["synthetic"])
+    results = {"commit": _commit(), "preregistered": PREREGISTERED, "rules": {lab: {"allocation": a, **o} for lab, a, o in RULES},
+               "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(), "tasks": {}}
+    prior = RESULTS / "allocation_study.json"
+    if prior.exists() and not args.smoke:  # tasks run earlier (each task is run once and kept)
+        results["tasks"].update(json.loads(prior.read_text()).get("tasks", {}))
+    rules = RULES if not args.smoke else [r for r in RULES if r[0] in ("uniform", "gvm_robust")]
+    algorithms = ALGORITHMS if not args.smoke else {"RAFT++": "raftpp"}
+    for task in tasks:
+        t0 = time.perf_counter()
+        if task == "synthetic":
+            summary = _synthetic(list(range(3)) if not args.smoke else [0], list(range(4)) if not args.smoke else [0, 1],
+                                 smoke=args.smoke, rules=rules)
+        else:
+            extra = {"test_size": 16, "prompts_per_step": 8} if args.smoke else {}
+            budget = 4_000 if args.smoke else TASKS[task]["budget"]
+            summary = _run_task(out / task, task, warm, seeds, rules, algorithms, budget=budget, extra=extra,
+                                cache=cache, workers=args.workers, smoke=args.smoke)
+        summary["wall_seconds"] = time.perf_counter() - t0
+        summary["commit"] = _commit()
+        results["tasks"][task] = summary
+        _write(results, args, "allocation_study", "Paired difference against uniform at equal generated tokens "
+               "(pilots counted), mean ± SE over (warm start, seed)")
+    return results
+
+
+def _write(results: dict, args, name: str, title: str) -> None:
+    dest = (Path(args.out) if args.smoke else RESULTS)
+    dest.mkdir(parents=True, exist_ok=True)
+    slim = json.loads(json.dumps(results))
+    for t in slim["tasks"].values():
+        for rows in t.get("by_algorithm", {}).values():
+            for r in rows.values():
+                r.pop("curve", None)
+    atomic_write_text(dest / f"{name}.json", json.dumps(slim, indent=1))
+    md = [f"# {title}", "", f"`python bench/allocation_study.py {' '.join(sys.argv[1:])}` (commit {results['commit']}; "
+          f"{results['machine']}).", ""]
+    if name == "allocation_study":
+        md += ["## Pre-registration", "", f"gvm_robust's settings were chosen on the demo task (`--tune`) and fixed "
+               f"before any other task was run: `{json.dumps(PREREGISTERED)}` with `{json.dumps(ROBUST)}` "
+               "(see allocation_study_tuning.md for the commit that fixed them).", ""]
+    for task, summary in results["tasks"].items():
+        n = f"{len(results['warm_starts'])} warm starts x {len(results['seeds'])} seeds" if task != "synthetic" else "3 models x 4 seeds"
+        md += [_table(task, summary, n), ""]
+    atomic_write_text(dest / f"{name}.md", "\n".join(md) + "\n")
+    _figure(results, dest / f"{name}.png", title)
+
+
+def tune(args, out: Path, cache: Path) -> dict:
+    """gvm_robust's settings on the demo task alone: floor x cap x M-step weighting, RAFT++, against uniform."""
+    warm, seeds = ([0], [0]) if args.smoke else (list(range(args.warm_starts)), [0])
+    grid = [("uniform", "uniform", {})]
+    for floor in (1, 2):
+        for cap in (2.0, 4.0):
+            for weighting in ("tokens", "prompt"):
+                grid.append((f"robust-f{floor}-c{cap:g}-{weighting}", "gvm_robust",
+                             {**ROBUST, "robust_floor": floor, "robust_cap_factor": cap, "prompt_weighting": weighting}))
+    if args.smoke:
+        grid = grid[:2]
+    budget = 4_000 if args.smoke else demo.BUDGET
+    extra = {"test_size": 16, "prompts_per_step": 8} if args.smoke else {}
+    summary = _run_task(out / "tune", "rules", warm, seeds, grid, {"RAFT++": "raftpp"}, budget=budget, extra=extra,
+                        cache=cache, workers=args.workers, smoke=args.smoke)
+    results = {"commit": _commit(), "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(),
+               "grid": {lab: o for lab, _, o in grid}, "tasks": {"rules (tuning)": summary}}
+    dest = Path(args.out) if args.smoke else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = summary["by_algorithm"]["RAFT++"]
+    best = max((lab for lab in rows if lab != "uniform"), key=lambda lab: rows[lab]["paired_diff"])
+    results["best"] = best
+    md = [f"# gvm_robust tuning on the demo task (`python bench/allocation_study.py --tune`, commit {results['commit']})", "",
+          f"RAFT++, {len(warm)} warm starts x {len(seeds)} seed, {budget:,} tokens; best by paired difference: **{best}**.",
+          "", _table("rules (tuning)", summary, f"{len(warm)} warm starts x {len(seeds)} seed")]
+    atomic_write_text(dest / "allocation_study_tuning.md", "\n".join(md) + "\n")
+    slim = json.loads(json.dumps(results))
+    for r in slim["tasks"]["rules (tuning)"]["by_algorithm"]["RAFT++"].values():
+        r.pop("curve", None)
+    atomic_write_text(dest / "allocation_study_tuning.json", json.dumps(slim, indent=1))
+    print("\n".join(md))
+    return results
+
+
+def paper(args, out: Path, cache: Path) -> dict:
+    """The paper's comparison on the demo task: uniform (fair updates), paper GVM (fair), paper GVM with
+    the official fork's update count (mini_batch_unit: fork), and uniform given as many updates as that
+    arm (its mini-batch shrunk by the same factor), at equal M-steps and at equal tokens."""
+    warm, seeds = ([0], [0]) if args.smoke else ([0], list(range(args.seeds + 1)))
+    mb = 32
+    arms = [("uniform", "uniform", {}), ("gvm", "gvm", {}), ("gvm-fork-updates", "gvm", {"mini_batch_unit": "fork"}),
+            ("uniform-same-updates", "uniform", {"mini_batch_size": mb // 8})]
+    if args.smoke:
+        arms = arms[:3]
+    budget = 4_000 if args.smoke else demo.BUDGET
+    extra = {"test_size": 16, "prompts_per_step": 8} if args.smoke else {}
+    algorithms = {"RAFT++": "raftpp"} if args.smoke else ALGORITHMS
+    summary = _run_task(out / "paper", "rules", warm, seeds, arms, algorithms, budget=budget, extra=extra, cache=cache,
+                        workers=args.workers, smoke=args.smoke)
+    # equal M-steps: accuracy at the fewest M-steps any arm made, per algorithm
+    for alg_label, rows in summary["by_algorithm"].items():
+        steps = {}
+        for label, _, _ in arms:
+            per = []
+            for w in warm:
+                for s in seeds:
+                    evals = [r for r in read_jsonl(out / "paper" / f"{label}-{alg_label}-w{w}-s{s}" / "metrics.jsonl") if r["kind"] == "eval"]
+                    per.append(evals)
+            steps[label] = per
+        m_star = min(ev[-1]["global_step"] for per in steps.values() for ev in per)
+        for label, per in steps.items():
+            acc = [float(np.interp(m_star, [e["global_step"] for e in ev], [e["avg_at_k"] for e in ev])) for ev in per]
+            rows[label]["acc_at_equal_m_steps"] = float(np.mean(acc))
+            rows[label]["acc_at_equal_m_steps_se"] = float(np.std(acc, ddof=1) / np.sqrt(len(acc))) if len(acc) > 1 else None
+            rows[label]["updates_per_m_step"] = float(np.mean([
+                np.mean([r["updates"] for r in read_jsonl(out / "paper" / f"{label}-{alg_label}-w{w}-s{s}" / "metrics.jsonl") if r["kind"] == "step"])
+                for w in warm for s in seeds]))
+        summary["by_algorithm"][alg_label]["_equal_m_steps"] = m_star
+    results = {"commit": _commit(), "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(), "summary": summary}
+    dest = Path(args.out) if args.smoke else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    md = [f"# The paper's update count on the demo task (`python bench/allocation_study.py --paper`, commit {results['commit']})", "",
+          f"{len(warm)} warm start x {len(seeds)} seeds, {budget:,} tokens; mean ± SE over seeds; paired differences against uniform.", "",
+          "| algorithm | arm | updates per M-step | acc at equal M-steps | final acc at equal tokens | paired diff vs uniform (tokens) |",
+          "|---|---|---|---|---|---|"]
+    for alg_label, rows in summary["by_algorithm"].items():
+        m_star = rows.pop("_equal_m_steps")
+        for label, r in rows.items():
+            md.append(f"| {alg_label} | {label} | {r['updates_per_m_step']:.1f} | {_fmt(r['acc_at_equal_m_steps'], r['acc_at_equal_m_steps_se'])} "
+                      f"(at {m_star:.0f}) | {_fmt(r['final_mean'], r['final_se'])} | "
+                      f"{'—' if label == 'uniform' else _fmt(r['paired_diff'], r['paired_se'], sign=True)} |")
+        for r in rows.values():
+            r.pop("curve", None)
+    atomic_write_text(dest / "paper_updates.md", "\n".join(md) + "\n")
+    atomic_write_text(dest / "paper_updates.json", json.dumps(results, indent=1))
+    print("\n".join(md))
+    return results
+
+
+def map_(args, out: Path, cache: Path) -> dict:
+    """The rule task with 2/8, 4/8 or 6/8 families at an extreme at the start, and a budget that covers
+    about 2 or about 12 epochs of its prompt set: each rule's paired difference against uniform (RAFT++)."""
+    warm, seeds = ([0], [0]) if args.smoke else ([0], list(range(args.seeds)))
+    cells = {}
+    extremes = MAP_EXTREMES if not args.smoke else {"2/8": MAP_EXTREMES["2/8"]}
+    epochs = MAP_EPOCHS if not args.smoke else {"~2 epochs": {}}
+    rules = RULES if not args.smoke else RULES[:2]
+    budget = 4_000 if args.smoke else demo.BUDGET
+    for ext, shares in extremes.items():
+        for ep, opts in epochs.items():
+            key = f"{ext} extreme, {ep}"
+            extra = {**opts, **({"test_size": 16, "prompts_per_step": 8} if args.smoke else {})}
+            sub = out / "map" / f"ext{ext.replace('/', 'of')}-{ep.strip('~').replace(' ', '')}"
+            cells[key] = _run_task(sub, "rules", warm, seeds, rules, {"RAFT++": "raftpp"}, budget=budget, extra=extra,
+                                   cache=cache, workers=args.workers, smoke=args.smoke,
+                                   sft_of=lambda w, sh=shares: dc_replace(demo.RuleSFT(), seed=w, shares=sh))
+    results = {"commit": _commit(), "seeds": seeds, "machine": demo.report.machine(), "cells": {}}
+    lines = [f"# Where allocation pays on the rule task (`python bench/allocation_study.py --map`, commit {results['commit']})", "",
+             f"RAFT++, the shipped-setting warm start family with other SFT shares, {len(seeds)} seeds, {budget:,} tokens; "
+             "paired difference of final test accuracy against uniform (± SE over seeds).", "",
+             "| cell | uniform final | " + " | ".join(lab for lab, _, _ in rules if lab != "uniform") + " |",
+             "|---|---|" + "---|" * (len(rules) - 1)]
+    for key, s in cells.items():
+        rows = s["by_algorithm"]["RAFT++"]
+        results["cells"][key] = {lab: {k: v for k, v in r.items() if k != "curve"} for lab, r in rows.items()}
+        lines.append(f"| {key} | {rows['uniform']['final_mean']:.3f} | " +
+                     " | ".join(_fmt(rows[lab]["paired_diff"], rows[lab]["paired_se"], sign=True) for lab, _, _ in rules if lab != "uniform") + " |")
+    dest = Path(args.out) if args.smoke else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest / "allocation_map.md", "\n".join(lines) + "\n")
+    atomic_write_text(dest / "allocation_map.json", json.dumps(results, indent=1))
+    print("\n".join(lines))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    part = ap.add_mutually_exclusive_group()
+    part.add_argument("--tune", action="store_true", help="choose gvm_robust's settings on the demo task")
+    part.add_argument("--map", action="store_true", help="the rule-task map: extreme share x epochs")
+    part.add_argument("--paper", action="store_true", help="the official fork's update count on the demo task")
+    ap.add_argument("--smoke", action="store_true", help="under a minute: one tiny cell of the study, results under --out")
+    ap.add_argument("--tasks", default=None, help="comma-separated subset of " + ", ".join([*TASKS, "synthetic"]))
+    ap.add_argument("--warm-starts", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="run directories (default: runs/allocation_study)")
+    args = ap.parse_args(argv)
+    if args.warm_starts < 1 or args.seeds < 1:
+        ap.error("--warm-starts and --seeds must be positive integers")
+    if args.tasks:
+        unknown = [t for t in args.tasks.split(",") if t not in TASKS and t != "synthetic"]
+        if unknown:
+            ap.error(f"unknown task(s) {unknown}; choose from {', '.join([*TASKS, 'synthetic'])}")
+    out = args.out or (ROOT / "runs" / ("allocation_study-smoke" if args.smoke else "allocation_study"))
+    if args.smoke and args.out is None:
+        args.out = out
+    out.mkdir(parents=True, exist_ok=True)
+    cache = (out / "cache") if args.smoke else Path.home() / ".cache" / "gvm_mini"
+    t0 = time.perf_counter()
+    if args.tune:
+        tune(args, out, cache)
+    elif args.map:
+        map_(args, out, cache)
+    elif args.paper:
+        paper(args, out, cache)
+    else:
+        study(args, out, cache)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
