@@ -4,6 +4,7 @@
     python bench/allocation_study.py                 # the study: every task x warm start x seed x rule
     python bench/allocation_study.py --map           # the practitioner's map on the rule task
     python bench/allocation_study.py --paper         # the paper's update count, reproduced on the demo task
+    python bench/allocation_study.py --ablate        # gvm_robust with one part taken out at a time (demo task)
     python bench/allocation_study.py --smoke         # under a minute (CI): one tiny cell of each part
 
 Every arm of a task starts from the same warm start and is stopped at the same number of generated
@@ -27,7 +28,7 @@ regime map, Lemma-1 M-steps, loss at equal samples with the pilots counted). War
 (synthetic: model seeds); seed 0 of ``rules`` is the demo's shipped warm start.
 
 Writes ``bench/results/allocation_study.{json,md,png}`` (``--tune``: ``allocation_study_tuning.*``;
-``--map``: ``allocation_map.*``; ``--paper``: ``paper_updates.*``). Run directories go to
+``--map``: ``allocation_map.*``; ``--paper``: ``paper_updates.*``; ``--ablate``: ``allocation_ablation.*``). Run directories go to
 ``runs/allocation_study``; everything resumes (finished runs are skipped).
 """
 
@@ -428,6 +429,37 @@ def paper(args, out: Path, cache: Path) -> dict:
     return results
 
 
+def ablate(args, out: Path, cache: Path) -> dict:
+    """gvm_robust with one part taken out at a time, on the demo task (RAFT++, paired against uniform)."""
+    warm, seeds = ([0], [0]) if args.smoke else (list(range(args.warm_starts)), [0])
+    full = ("gvm_robust", "gvm_robust", {**ROBUST, **PREREGISTERED})
+    arms = [("uniform", "uniform", {}), full,
+            ("no floor", "gvm_robust", {**full[2], "robust_floor": 0}),
+            ("no cap", "gvm_robust", {**full[2], "robust_cap_factor": 1e6}),
+            ("paper estimates", "gvm_robust", {**full[2], "estimator": "paper"}),
+            ("fresh pilot, not trained on", "gvm_robust", {**full[2], "pilot": "fresh"}),
+            ("history, pilots not trained on", "gvm_robust", {**full[2], "pilot": "history"})]
+    if args.smoke:
+        arms = arms[:3]
+    budget = 4_000 if args.smoke else demo.BUDGET
+    extra = {"test_size": 16, "prompts_per_step": 8} if args.smoke else {}
+    summary = _run_task(out / "ablate", "rules", warm, seeds, arms, {"RAFT++": "raftpp"}, budget=budget, extra=extra,
+                        cache=cache, workers=args.workers, smoke=args.smoke)
+    results = {"commit": _commit(), "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(),
+               "arms": {lab: {"allocation": a, **o} for lab, a, o in arms}, "tasks": {"rules (ablation)": summary}}
+    dest = Path(args.out) if args.smoke else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    md = [f"# gvm_robust ablation on the demo task (`python bench/allocation_study.py --ablate`, commit {results['commit']})", "",
+          f"RAFT++, {len(warm)} warm starts x {len(seeds)} seed, {budget:,} tokens; each row takes one part out of gvm_robust.", "",
+          _table("rules (ablation)", summary, f"{len(warm)} warm starts x {len(seeds)} seed")]
+    for r in summary["by_algorithm"]["RAFT++"].values():
+        r.pop("curve", None)
+    atomic_write_text(dest / "allocation_ablation.md", "\n".join(md) + "\n")
+    atomic_write_text(dest / "allocation_ablation.json", json.dumps(results, indent=1))
+    print("\n".join(md))
+    return results
+
+
 def map_(args, out: Path, cache: Path) -> dict:
     """The rule task with 2/8, 4/8 or 6/8 families at an extreme at the start, and a budget that covers
     about 2 or about 12 epochs of its prompt set: each rule's paired difference against uniform (RAFT++)."""
@@ -470,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--tune", action="store_true", help="choose gvm_robust's settings on the demo task")
     part.add_argument("--map", action="store_true", help="the rule-task map: extreme share x epochs")
     part.add_argument("--paper", action="store_true", help="the official fork's update count on the demo task")
+    part.add_argument("--ablate", action="store_true", help="gvm_robust with one part taken out at a time, on the demo task")
     ap.add_argument("--smoke", action="store_true", help="under a minute: one tiny cell of the study, results under --out")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of " + ", ".join([*TASKS, "synthetic"]))
     ap.add_argument("--warm-starts", type=int, default=3)
@@ -495,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         map_(args, out, cache)
     elif args.paper:
         paper(args, out, cache)
+    elif args.ablate:
+        ablate(args, out, cache)
     else:
         study(args, out, cache)
     print(f"done in {time.perf_counter() - t0:.0f} s")

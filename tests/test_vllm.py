@@ -51,6 +51,7 @@ class SamplingParams:
     max_tokens: int = 16
     logprobs: int | None = None
     seed: int | None = None
+    stop_token_ids: list | None = None  # vLLM's SamplingParams takes the extra end ids under this name
 
 
 @dataclass
