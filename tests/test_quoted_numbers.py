@@ -1,0 +1,667 @@
+"""One source per number: the headline numbers quoted in README.md, docs/*.md, bench/README.md and the
+notebooks' markdown cells, each checked against the results file that produced it.
+
+A quote is (document, text, source, value, places). ``text`` is copied from the document with the quoted
+number in braces, e.g. ``"uniform RAFT++ 0.229 → {0.526}"``; the document must contain the text without the
+braces (whitespace, including line breaks, compared as single spaces), and the number must equal
+``value(<loaded source>)`` to the printed precision: |quoted - source| <= half a unit of its last printed
+digit (``places`` decimals). ``{not reached}`` instead of a number means the source holds null there.
+
+Adding a results file is one line in SOURCES; its quotes are rows of QUOTES. Not here on purpose:
+bench/results/realmodel_curve.* (being rewritten) and allocation_study* / allocation_map* / paper_updates*
+(not final yet).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _json(rel: str) -> Any:
+    return json.loads((ROOT / rel).read_text(encoding="utf-8"))
+
+
+def _jsonl(rel: str) -> list:
+    return [json.loads(line) for line in (ROOT / rel).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+#: source name -> loader of the results file that produced the numbers (one line per file)
+SOURCES: dict[str, Callable[[], Any]] = {
+    "demo": lambda: _json("docs/demo/summary.json"),  # python -m gvm_mini demo: rules task, 3 seeds
+    "lab": lambda: _json("bench/results/allocation_lab.json"),  # python bench/allocation_lab.py, 2 seeds
+    "regime_map": lambda: _json("bench/results/regime_map.json"),  # python bench/regime_map.py --seeds 24
+    "regime_cells": lambda: _jsonl("bench/results/regime_map_cells.jsonl"),  # --cell ... --seeds 96
+    "vs_trl": lambda: _jsonl("bench/results/vs_trl.jsonl"),  # python bench/vs_trl.py ...
+    "qlora": lambda: _jsonl("bench/results/qlora_footprint.jsonl"),  # shape_twin_memory.py --qlora-footprint
+}
+
+
+@lru_cache(maxsize=None)
+def load_source(name: str) -> Any:
+    return SOURCES[name]()
+
+
+@dataclass(frozen=True)
+class Quote:
+    doc: str  # path relative to the repository root
+    text: str  # as in the document, with the quoted number in braces
+    source: str  # key of SOURCES
+    value: Callable[[Any], Any]  # loaded source -> the number in the document's units (None: "not reached")
+    places: int  # decimals printed
+
+    @property
+    def number(self) -> str:
+        return re.search(r"\{([^}]*)\}", self.text).group(1)
+
+    @property
+    def plain(self) -> str:
+        return self.text.replace("{", "", 1).replace("}", "", 1)
+
+
+NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+
+
+def parse_number(s: str) -> tuple[float, int]:
+    """'151,543' -> (151543.0, 0); '0.526' -> (0.526, 3)."""
+    assert NUMBER.fullmatch(s), f"not a plain number: {s!r}"
+    return float(s.replace(",", "")), len(s.split(".")[1]) if "." in s else 0
+
+
+# ---------------------------------------------------------------------------------------- documents
+
+def _norm(s: str) -> str:
+    return " ".join(s.split())
+
+
+@lru_cache(maxsize=None)
+def document(rel: str) -> str:
+    """The document's text; for a notebook, its markdown cells only."""
+    path = ROOT / rel
+    if path.suffix == ".ipynb":
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        return "\n\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    return path.read_text(encoding="utf-8")
+
+
+def check(quote: Quote, text: str | None = None) -> None:
+    """Raise AssertionError unless ``text`` (default: the document) quotes the source's number correctly."""
+    text = document(quote.doc) if text is None else text
+    assert quote.text.count("{") == 1 and quote.text.count("}") == 1, f"one braced number per quote: {quote.text!r}"
+    assert _norm(quote.plain) in _norm(text), f"{quote.doc}: quoted text not found: {quote.plain!r}"
+    got = quote.value(load_source(quote.source))
+    if quote.number == "not reached":
+        assert got is None, f"{quote.doc}: 'not reached' but {quote.source} has {got!r}: {quote.plain!r}"
+        return
+    quoted, places = parse_number(quote.number)
+    assert places == quote.places, f"{quote.doc}: {quote.number!r} has {places} decimals, the table says {quote.places}"
+    assert got is not None, f"{quote.doc}: {quote.source} has no value for {quote.plain!r}"
+    assert abs(quoted - got) <= 0.5 * 10 ** -places + 1e-9, (
+        f"{quote.doc}: quotes {quote.number} but {quote.source} gives {got!r} "
+        f"(rounded to {places} decimals: {got:.{places}f}) in {quote.plain!r}")
+
+
+# ----------------------------------------------------------------------------------------- accessors
+
+def arm(name: str, key: str, scale: float = 1.0) -> Callable:
+    """methods[name][key] of a demo-style summary (docs/demo/summary.json, allocation_lab.json)."""
+    def get(d):
+        v = d["methods"][name].get(key)
+        return None if v is None else v * scale
+    return get
+
+
+def fam(name: str, family: str, key: str = "final_by_family") -> Callable:
+    return lambda d: d["methods"][name][key][family]
+
+
+def summary_cols(name: str) -> list:
+    """The columns of the demo's (and the allocation lab's) main table, after the method's name."""
+    return [arm(name, "start_acc"),
+            (arm(name, "final_acc_mean"), arm(name, "final_acc_std")),
+            (arm(name, "acc_at_equal_m_steps_mean"), arm(name, "acc_at_equal_m_steps_std")),
+            (arm(name, "tokens"), arm(name, "pilot_tokens")),
+            arm(name, "m_steps"),
+            (arm(name, "tokens_to_baseline_final"), arm(name, "tokens_ratio_vs_baseline")),
+            (arm(name, "m_steps_to_baseline_final"), arm(name, "m_steps_ratio_vs_baseline")),
+            arm(name, "gvm_stage_share_of_train_wall", 100)]
+
+
+def family_cols(name: str, with_n: bool) -> list:
+    """The per-family table of docs/demo.md: final accuracy [mean n_i]."""
+    fs = "ABCDEFGH"
+    if not with_n:
+        return [fam(name, f) for f in fs]
+    return [(fam(name, f), fam(name, f, "mean_n_by_family")) for f in fs]
+
+
+def cell(spread: str, step: float, budget: int, variant: str, key: str, scale: float = 1.0) -> Callable:
+    """A cell of regime_map.json; ``variant`` 'gvm' (exact p, G), 'gvm_pilot' or '' (the cell itself)."""
+    def get(d):
+        (c,) = [c for c in d["cells"] if (c["spread"], c["step"], c["budget_per_prompt"]) == (spread, step, budget)]
+        c = c[variant] if variant else c
+        if key == "error_ratio":  # (Ω + Σ bias²) / Ω_uniform, as bench/regime_map.py prints it
+            return c["omega_ratio"] + c["bias_sq_over_omega_uniform"]
+        v = c[key]
+        return [x * scale for x in v] if isinstance(v, list) else v * scale
+    return get
+
+
+def cells(pred: Callable[[dict], bool], variant: str, key: str, agg: Callable) -> Callable:
+    """agg over the regime map's cells that satisfy pred (e.g. the largest speed-up inside the range)."""
+    return lambda d: agg([(c[variant] if variant else c)[key] for c in d["cells"] if pred(c)])
+
+
+def cell96(spread: str, step: float, budget: int, variant: str, key: str, index: int | None = None,
+           scale: float = 1.0) -> Callable:
+    """A re-measured cell of regime_map_cells.jsonl (the last record for it)."""
+    def get(records):
+        c = [r for r in records if (r["spread"], r["step"], r["budget_per_prompt"]) == (spread, step, budget)][-1]
+        v = (c[variant] if variant else c)[key]
+        return (v[index] if index is not None else v) * scale
+    return get
+
+
+def trl_record(command: str) -> Callable:
+    """The one record of vs_trl.jsonl made by ``command`` (prefix match)."""
+    def get(records):
+        (r,) = [r for r in records if r["command"].startswith(command)]
+        return r
+    return get
+
+
+def trl(command: str, fn: Callable) -> Callable:
+    return lambda records: fn(trl_record(command)(records))
+
+
+def per_1k(side: str, what: str) -> Callable:
+    """Seconds per 1k generated tokens of one side of a vs_trl record: generation, reward+update, or all."""
+    def get(r):
+        s = r[side]
+        t = {"generation": s["generation_wall"], "reward+update": s["wall"] - s["generation_wall"], "all": s["wall"]}
+        return 1000 * t[what] / s["tokens"]
+    return get
+
+
+def ratio(fn: Callable) -> Callable:
+    """TRL / gvm-mini of a per-side quantity fn(r, side)."""
+    return lambda r: fn(r, "trl") / fn(r, "gvm")
+
+
+def row(doc: str, text: str, source: str, cols: list, labels: int = 1) -> list[Quote]:
+    """Quotes for one Markdown table row: ``cols`` lists, per cell after the ``labels`` label cells, a value
+    function (one number), a tuple of them (the cell's numbers in order; None skips one) or None (skip the
+    cell). A cell without a number ("not reached") expects None from its first function."""
+    bars = [i for i, ch in enumerate(text) if ch == "|"]
+    out = []
+    for k, spec in enumerate(cols):
+        lo, hi = bars[labels + k] + 1, bars[labels + k + 1]
+        if spec is None:
+            continue
+        fns = spec if isinstance(spec, tuple) else (spec,)
+        toks = list(NUMBER.finditer(text, lo, hi))
+        if not toks:
+            word = text[lo:hi].strip()
+            assert word == "not reached", f"no number in cell {word!r} of {text!r}"
+            a, b = text.index(word, lo), text.index(word, lo) + len(word)
+            out.append(Quote(doc, text[:a] + "{" + word + "}" + text[b:], source, fns[0], 0))
+            continue
+        assert len(toks) <= len(fns), f"cell {text[lo:hi]!r}: {len(toks)} numbers, {len(fns)} functions"
+        for m, fn in zip(toks, fns):
+            if fn is not None:
+                marked = text[:m.start()] + "{" + m.group() + "}" + text[m.end():]
+                out.append(Quote(doc, marked, source, fn, parse_number(m.group())[1]))
+    assert len(bars) == labels + len(cols) + 1, f"{len(bars) - 1} cells, {labels} labels + {len(cols)} specs: {text!r}"
+    return out
+
+
+def q(doc: str, text: str, source: str, value: Callable, places: int) -> list[Quote]:
+    return [Quote(doc, text, source, value, places)]
+
+
+def _neg(fn: Callable) -> Callable:  # a number printed after a minus sign
+    return lambda d: -fn(d)
+
+
+# --------------------------------------------------------------------------------------------- quotes
+
+R, DEMO, BENCH, GPU = "README.md", "docs/demo.md", "bench/README.md", "docs/gpu.md"
+NB01, NB02, NB03 = "notebooks/01_allocation.ipynb", "notebooks/02_synthetic_em.ipynb", "notebooks/03_tiny_lm.ipynb"
+
+DEMO_ROWS = {  # the demo's main table, in README.md and docs/demo.md
+    "RAFT++": "| RAFT++ | 0.229 | 0.526 ± 0.013 | 0.483 ± 0.034 | 151,543 (0) | 34.0 | 131,910 | 29.9 | 0.1% |",
+    "GVM-RAFT++": "| GVM-RAFT++ | 0.229 | 0.402 ± 0.006 | 0.391 ± 0.020 | 153,359 (52,521) | 23.5 | not reached | not reached | 24.4% |",
+    "Filter-RAFT++": "| Filter-RAFT++ | 0.229 | 0.438 ± 0.018 | 0.437 ± 0.018 | 151,075 (52,594) | 22.9 | not reached | not reached | 25.4% |",
+    "GRPO": "| GRPO | 0.229 | 0.468 ± 0.006 | 0.442 ± 0.010 | 153,947 (0) | 34.1 | 150,000 | 34.1 | 0.1% |",
+    "GVM-GRPO": "| GVM-GRPO | 0.229 | 0.418 ± 0.019 | 0.413 ± 0.016 | 153,567 (52,517) | 23.2 | not reached | not reached | 24.5% |",
+    "Filter-GRPO": "| Filter-GRPO | 0.229 | 0.403 ± 0.018 | 0.406 ± 0.018 | 152,319 (52,440) | 23.0 | not reached | not reached | 24.4% |",
+}
+
+FAMILY_ROWS = {  # docs/demo.md, per family at equal tokens [mean n_i]
+    "RAFT++": "| RAFT++ | 0.83 | 0.62 | 0.19 | 0.90 | 0.83 | 0.83 | 0.01 | 0.00 |",
+    "GVM-RAFT++": "| GVM-RAFT++ | 0.74 [5.5] | 0.56 [10.7] | 0.25 [19.2] | 0.80 [8.4] | 0.14 [6.8] | 0.71 [12.4] | 0.01 [1.0] | 0.00 [0.0] |",
+    "Filter-RAFT++": "| Filter-RAFT++ | 0.83 [8.6] | 0.61 [12.7] | 0.27 [12.4] | 0.85 [12.4] | 0.20 [6.9] | 0.72 [11.1] | 0.02 [0.2] | 0.00 [0.0] |",
+    "GRPO": "| GRPO | 0.80 | 0.60 | 0.22 | 0.83 | 0.57 | 0.71 | 0.01 | 0.00 |",
+    "GVM-GRPO": "| GVM-GRPO | 0.77 [5.3] | 0.57 [9.3] | 0.23 [17.5] | 0.72 [9.0] | 0.28 [9.2] | 0.76 [12.1] | 0.01 [1.2] | 0.00 [0.5] |",
+    "Filter-GRPO": "| Filter-GRPO | 0.78 [8.5] | 0.57 [13.6] | 0.26 [11.6] | 0.84 [13.3] | 0.08 [5.1] | 0.69 [11.9] | 0.00 [0.2] | 0.00 [0.2] |",
+}
+
+LAB_ROWS = {  # bench/README.md, the allocation lab's table
+    "uniform": "| uniform | 0.230 | 0.525 ± 0.015 | 0.469 ± 0.040 | 152,256 (0) | 34.0 | 131,910 | 29.9 | 0.1% |",
+    "uniform+prompt": "| uniform+prompt | 0.230 | 0.514 ± 0.004 | 0.480 ± 0.015 | 150,512 (0) | 33.9 | 137,940 | 31.3 | 0.1% |",
+    "GVM-paper": "| GVM-paper | 0.230 | 0.398 ± 0.000 | 0.364 ± 0.006 | 153,629 (52,538) | 23.4 | not reached | not reached | 23.6% |",
+    "GVM-paper+history": "| GVM-paper+history | 0.230 | 0.491 ± 0.001 | 0.453 ± 0.022 | 151,098 (32,671) | 27.3 | not reached | not reached | 15.1% |",
+    "GVM-paper+reuse": "| GVM-paper+reuse | 0.230 | 0.493 ± 0.005 | 0.453 ± 0.010 | 152,660 (63,790) | 28.1 | not reached | not reached | 25.5% |",
+    "GVM-paper+prompt": "| GVM-paper+prompt | 0.230 | 0.484 ± 0.012 | 0.484 ± 0.009 | 153,781 (52,984) | 23.0 | not reached | not reached | 23.9% |",
+    "GVM-bayes": "| GVM-bayes | 0.230 | 0.457 ± 0.015 | 0.456 ± 0.025 | 153,824 (52,914) | 22.6 | not reached | not reached | 23.6% |",
+    "GVM-bayes+history": "| GVM-bayes+history | 0.230 | 0.508 ± 0.034 | 0.488 ± 0.009 | 150,406 (25,849) | 27.9 | not reached | not reached | 10.9% |",
+    "GVM-bayes+reuse": "| GVM-bayes+reuse | 0.230 | 0.506 ± 0.007 | 0.465 ± 0.035 | 150,540 (70,615) | 30.9 | not reached | not reached | 25.4% |",
+    "GVM-bayes+prompt": "| GVM-bayes+prompt | 0.230 | 0.473 ± 0.028 | 0.468 ± 0.028 | 154,516 (53,093) | 22.5 | not reached | not reached | 23.4% |",
+    "GVM-tokens": "| GVM-tokens | 0.230 | 0.456 ± 0.012 | 0.458 ± 0.015 | 154,185 (52,592) | 22.6 | not reached | not reached | 23.4% |",
+    "GVM-tokens+history": "| GVM-tokens+history | 0.230 | 0.499 ± 0.004 | 0.456 ± 0.016 | 151,649 (33,038) | 26.8 | not reached | not reached | 14.0% |",
+    "GVM-tokens+reuse": "| GVM-tokens+reuse | 0.230 | 0.451 ± 0.040 | 0.424 ± 0.033 | 153,590 (61,461) | 27.4 | not reached | not reached | 24.2% |",
+    "GVM-tokens+prompt": "| GVM-tokens+prompt | 0.230 | 0.498 ± 0.005 | 0.494 ± 0.010 | 153,664 (52,752) | 22.6 | not reached | not reached | 24.3% |",
+    "Knapsack": "| Knapsack | 0.230 | 0.464 ± 0.010 | 0.464 ± 0.010 | 155,642 (52,891) | 22.4 | not reached | not reached | 23.3% |",
+    "Knapsack+history": "| Knapsack+history | 0.230 | 0.536 ± 0.001 | 0.508 ± 0.010 | 151,548 (28,020) | 27.7 | 141,709 (0.93x) | 26.0 (1.15x) | 12.5% |",
+    "Knapsack+reuse": "| Knapsack+reuse | 0.230 | 0.531 ± 0.000 | 0.485 ± 0.004 | 154,570 (70,607) | 30.4 | 144,724 (0.91x) | 29.4 (1.02x) | 25.4% |",
+    "Knapsack+prompt": "| Knapsack+prompt | 0.230 | 0.469 ± 0.008 | 0.469 ± 0.007 | 156,090 (53,078) | 22.3 | not reached | not reached | 23.2% |",
+    "Filter": "| Filter | 0.230 | 0.442 ± 0.021 | 0.436 ± 0.016 | 151,562 (52,602) | 22.8 | not reached | not reached | 24.4% |",
+    "Filter+history": "| Filter+history | 0.230 | 0.492 ± 0.037 | 0.449 ± 0.047 | 151,650 (20,442) | 29.6 | not reached | not reached | 9.2% |",
+    "Filter+reuse": "| Filter+reuse | 0.230 | 0.484 ± 0.002 | 0.470 ± 0.017 | 153,842 (61,521) | 26.5 | not reached | not reached | 26.9% |",
+    "Filter+prompt": "| Filter+prompt | 0.230 | 0.512 ± 0.012 | 0.511 ± 0.011 | 152,754 (52,882) | 22.7 | not reached | not reached | 25.3% |",
+    "uniform-small": "| uniform-small | 0.230 | 0.525 ± 0.026 | 0.491 ± 0.026 | 150,816 (0) | 33.8 | 150,000 | 33.8 | 0.1% |",
+    "GVM-bayes+history-small": "| GVM-bayes+history-small | 0.230 | 0.510 ± 0.013 | 0.473 ± 0.005 | 151,662 (15,152) | 30.2 | not reached | not reached | 8.6% |",
+    "GVM-tokens+history-small": "| GVM-tokens+history-small | 0.230 | 0.423 ± 0.012 | 0.424 ± 0.022 | 152,691 (24,747) | 28.4 | not reached | not reached | 11.6% |",
+    "Knapsack+history-small": "| Knapsack+history-small | 0.230 | 0.503 ± 0.027 | 0.502 ± 0.012 | 153,314 (20,352) | 29.3 | not reached | not reached | 11.3% |",
+}
+
+REGIME_EXACT_ROWS = [  # bench/README.md: speed-up ± s.e. / Ω ratio, exact p, G, 24 seeds
+    "| narrow | 0.5γ | 1.00 ± 0.03 / 1.00 | 1.01 ± 0.03 / 0.99 | 0.99 ± 0.02 / 0.98 | 0.99 ± 0.01 / 0.97 | 1.00 ± 0.01 / 0.97 | 1.00 ± 0.01 / 0.97 |",
+    "| narrow | 1γ | 1.00 ± 0.06 / 1.00 | 0.96 ± 0.04 / 0.99 | 0.99 ± 0.03 / 0.97 | 1.00 ± 0.02 / 0.97 | 0.99 ± 0.01 / 0.96 | 1.01 ± 0.01 / 0.96 |",
+    "| narrow | 4γ * | 1.00 ± 0.22 / 1.00 | 1.13 ± 0.15 / 0.94 | 1.07 ± 0.06 / 0.95 | 1.01 ± 0.05 / 0.94 | 1.04 ± 0.03 / 0.94 | 1.02 ± 0.02 / 0.95 |",
+    "| narrow | 16γ * | 1.00 ± 1.04 / 1.00 | 1.74 ± 1.12 / 0.92 | 1.43 ± 0.47 / 0.73 | 1.47 ± 0.27 / 0.91 | 0.84 ± 0.11 / 0.88 | 1.06 ± 0.09 / 0.93 |",
+    "| wide | 0.5γ | 1.00 ± 0.34 / 1.00 | 1.21 ± 0.14 / 0.79 | 0.98 ± 0.03 / 0.96 | 0.95 ± 0.03 / 0.91 | 0.99 ± 0.03 / 0.95 | 1.01 ± 0.02 / 0.93 |",
+    "| wide | 1γ | 1.00 ± 0.72 / 1.00 | 1.24 ± 0.33 / 0.72 | 1.12 ± 0.10 / 0.82 | 0.96 ± 0.04 / 0.82 | 1.00 ± 0.05 / 0.86 | 1.01 ± 0.02 / 0.89 |",
+    "| wide | 4γ * | 1.00 ± 2.67 / 1.00 | 3.36 ± 2.24 / 0.54 | 3.75 ± 1.97 / 0.63 | 1.07 ± 0.27 / 0.86 | 1.26 ± 0.20 / 0.84 | 1.05 ± 0.08 / 0.78 |",
+    "| wide | 16γ * | 1.00 ± 7.02 / 1.00 | 1.13 ± 6.24 / 0.54 | <0.43 n.r. / 2.88 | <0.46 n.r. / 0.63 | 1.48 ± 1.07 / 0.87 | 2.09 ± 0.80 / 0.72 |",
+]
+REGIME_PILOT_ROWS = [  # bench/README.md: speed-up (E-steps) / pilot counted / (Ω + Σbias²) ratio, N' = 8
+    "| narrow | 0.5γ | 1.01 / 0.39 / 0.96 | 0.99 / 0.55 / 1.05 | 0.99 / 0.71 / 1.03 | 1.00 / 0.83 / 1.01 | 1.01 / 0.92 / 1.01 | 1.00 / 0.95 / 1.01 |",
+    "| narrow | 1γ | 0.97 / 0.37 / 0.93 | 1.00 / 0.56 / 1.06 | 1.02 / 0.73 / 1.03 | 1.02 / 0.85 / 1.01 | 0.99 / 0.90 / 1.02 | 0.99 / 0.95 / 1.01 |",
+    "| narrow | 4γ * | 1.23 / 0.47 / 0.89 | 0.95 / 0.53 / 0.99 | 0.92 / 0.66 / 1.03 | 1.00 / 0.84 / 1.01 | 1.05 / 0.95 / 1.01 | 1.01 / 0.96 / 1.01 |",
+    "| narrow | 16γ * | 0.95 / 0.37 / 0.79 | 0.94 / 0.52 / 0.84 | 1.41 / 1.01 / 0.83 | 1.23 / 1.02 / 0.98 | 1.03 / 0.94 / 1.03 | 0.97 / 0.92 / 1.05 |",
+    "| wide | 0.5γ | 1.07 / 0.41 / 0.10 | 0.75 / 0.42 / 0.14 | 0.63 / 0.45 / 0.18 | 0.60 / 0.50 / 0.22 | 0.61 / 0.56 / 0.31 | 0.60 / 0.57 / 0.49 |",
+    "| wide | 1γ | 1.46 / 0.56 / 0.09 | 0.98 / 0.54 / 0.12 | 0.66 / 0.47 / 0.16 | 0.63 / 0.53 / 0.21 | 0.61 / 0.56 / 0.25 | 0.59 / 0.56 / 0.41 |",
+    "| wide | 4γ * | 7.39 / 2.84 / 0.08 | 4.00 / 2.22 / 0.09 | 3.65 / 2.61 / 0.11 | 1.20 / 1.00 / 0.16 | 0.77 / 0.70 / 0.19 | 0.62 / 0.59 / 0.26 |",
+    "| wide | 16γ * | 1.58 / 0.61 / 0.03 | 4.15 / 2.30 / 0.15 | 2.37 / 1.69 / 0.11 | 4.14 / 3.45 / 0.14 | 1.76 / 1.60 / 0.20 | 1.86 / 1.77 / 0.18 |",
+]
+REGIME_THEOREM1_ROWS = [  # bench/README.md: Ω/((γ/η)Δ1) for uniform
+    "| narrow | 0.5γ | 3.43 | 1.79 | 0.91 | 0.46 | 0.23 | 0.12 |",
+    "| narrow | 1γ | 9.14 | 5.33 | 2.74 | 1.42 | 0.72 | 0.36 |",
+    "| narrow | 4γ * | 21.53 | 17.53 | 14.12 | 9.73 | 6.24 | 3.47 |",
+    "| narrow | 16γ * | 24.26 | 16.72 | 11.75 | 7.12 | 4.61 | 2.83 |",
+    "| wide | 0.5γ | 23.13 | 10.13 | 5.61 | 3.02 | 1.54 | 0.79 |",
+    "| wide | 1γ | 52.58 | 26.94 | 12.93 | 7.78 | 4.50 | 2.38 |",
+    "| wide | 4γ * | 160.86 | 74.84 | 45.87 | 26.45 | 21.04 | 13.01 |",
+    "| wide | 16γ * | 1218.85 | 351.69 | 104.58 | 68.82 | 31.44 | 20.09 |",
+]
+BUDGETS = (1, 2, 4, 8, 16, 32)
+
+
+def _regime_label(text: str) -> tuple[str, float]:
+    spread, eta = [c.strip() for c in text.split("|")[1:3]]
+    return spread, float(eta.split("γ")[0])
+
+
+def _regime_rows() -> list[Quote]:
+    out = []
+    for text in REGIME_EXACT_ROWS:
+        s, e = _regime_label(text)
+        specs = []
+        for b in BUDGETS:
+            reached = "n.r." not in text.split("|")[3 + BUDGETS.index(b)]
+            first = cell(s, e, b, "gvm", "speedup" if reached else "speedup_upper_bound")
+            specs.append((first, cell(s, e, b, "gvm", "speedup_se"), cell(s, e, b, "gvm", "omega_ratio")) if reached
+                         else (first, cell(s, e, b, "gvm", "omega_ratio")))
+        out += row(BENCH, text, "regime_map", specs, labels=2)
+    for text in REGIME_PILOT_ROWS:
+        s, e = _regime_label(text)
+        out += row(BENCH, text, "regime_map", [(cell(s, e, b, "gvm_pilot", "speedup"),
+                                               cell(s, e, b, "gvm_pilot", "speedup_samples"),
+                                               cell(s, e, b, "gvm_pilot", "error_ratio")) for b in BUDGETS], labels=2)
+    for text in REGIME_THEOREM1_ROWS:
+        s, e = _regime_label(text)
+        out += row(BENCH, text, "regime_map", [cell(s, e, b, "", "theorem1_ratio_uniform") for b in BUDGETS], labels=2)
+    return out
+
+
+def _cell96_rows() -> list[Quote]:
+    """bench/README.md, 'Best cells, re-measured with 96 seeds'."""
+    out = []
+    rows = [("| wide, 4γ *, N/m = 4 | GVM exact p, G | 0.60 ± 0.05 | **2.64 ± 1.11** (1.41-4.25) | - | −0.081 ± 0.026 |", "wide", 4.0, 4, "gvm"),
+            ("| | GVM pilot N' = 8 | 0.09 ± 0.01 (+ bias) | 3.10 ± 0.84 (1.84-4.00) | **2.22** | −0.082 ± 0.025 |", "wide", 4.0, 4, "gvm_pilot"),
+            ("| wide, 4γ *, N/m = 2 | GVM exact p, G | 0.49 ± 0.08 | **2.78 ± 1.43** (1.15-4.84) | - | −0.086 ± 0.041 |", "wide", 4.0, 2, "gvm"),
+            ("| | GVM pilot N' = 8 | 0.07 ± 0.01 (+ bias) | 2.99 ± 1.09 (1.74-4.40) | 1.66 | −0.138 ± 0.036 |", "wide", 4.0, 2, "gvm_pilot"),
+            ("| wide, 16γ *, N/m = 8 | GVM exact p, G | 0.55 ± 0.15 | 2.41 ± 1.82 (0.00-4.64) | - | −0.018 ± 0.047 |", "wide", 16.0, 8, "gvm"),
+            ("| | GVM pilot N' = 8 | 0.08 ± 0.02 (+ bias) | **5.87 ± 1.42** (3.61-7.19) | **4.90** | −0.125 ± 0.035 |", "wide", 16.0, 8, "gvm_pilot"),
+            ("| narrow, 16γ *, N/m = 2 | GVM exact p, G | 0.87 ± 0.04 | **2.16 ± 0.74** (1.44-3.28) | - | −0.049 ± 0.019 |", "narrow", 16.0, 2, "gvm"),
+            ("| | GVM pilot N' = 8 | 0.84 ± 0.04 | 1.74 ± 0.66 (1.05-2.71) | 0.97 | −0.037 ± 0.023 |", "narrow", 16.0, 2, "gvm_pilot")]
+    for text, s, e, b, v in rows:
+        c = lambda key, i=None, v=v, s=s, e=e, b=b: cell96(s, e, b, v, key, i)  # noqa: E731
+        out += row(BENCH, text, "regime_cells", [
+            None,
+            (c("omega_ratio"), c("omega_ratio_se")),
+            (c("speedup"), c("speedup_se"), c("speedup_p10_p90", 0), c("speedup_p10_p90", 1)),
+            c("speedup_samples") if v == "gvm_pilot" else None,
+            (_neg(c("final_L_minus_uniform")), c("final_L_minus_uniform_se"))])
+    return out
+
+
+TRL_CHAINS = "vs_trl.py --task chains --model /tmp/e14/cache/demo-policy-40351488342a --steps 20 --repeats 3"
+TRL_RULES = "vs_trl.py --task rules --steps 18 --repeats 3"
+TRL_RULES16 = "vs_trl.py --task rules --steps 18 --group 16"
+TRL_OLD_CHAINS = "vs_trl.py --steps 20"  # commit b1a72d5, the record before issue 14
+
+
+def _side(fn: Callable) -> list:
+    """Cells 'gvm-mini | TRL | TRL / gvm' of the vs-TRL table for one task, from fn(record, side)."""
+    return [lambda r: fn(r, "gvm"), lambda r: fn(r, "trl"), ratio(fn)]
+
+
+def _trl_rows() -> list[Quote]:
+    out = []
+    table = [
+        ("| generated tokens | 95,921 | 96,181 | 1.00 | 39,846 | 39,965 | 1.00 |", lambda r, s: r[s]["tokens"]),
+        ("| generation / 1k tokens (s) | 0.062 | 0.110 | 1.79 | 0.041 | 0.063 | 1.53 |",
+         lambda r, s: per_1k(s, "generation")(r)),
+        ("| reward + update / 1k tokens (s) | 0.060 | 0.142 | 2.37 | 0.066 | 0.117 | 1.77 |",
+         lambda r, s: per_1k(s, "reward+update")(r)),
+        ("| **time / 1k generated tokens (s)** | 0.122 | 0.253 | **2.08** | 0.107 | 0.180 | **1.68** |",
+         lambda r, s: per_1k(s, "all")(r)),
+        ("| peak RSS (MB) | 467 | 805 | 1.72 | 490 | 703 | 1.43 |", lambda r, s: r[s]["rss_peak_mb"]),
+    ]
+    for text, fn in table:
+        cols = [trl(TRL_CHAINS, f) for f in _side(fn)] + [trl(TRL_RULES, f) for f in _side(fn)]
+        out += row(BENCH, text, "vs_trl", cols)
+    walls = lambda cmd, side: (trl(cmd, lambda r: r[side]["wall"]),  # noqa: E731
+                               trl(cmd, lambda r: min(r[side]["walls_all_repeats"])),
+                               trl(cmd, lambda r: max(r[side]["walls_all_repeats"])))
+    out += row(BENCH, "| training loop (s), fastest of 3 | 11.66 (11.7-13.5) | 24.29 (24.3-26.7) | 2.08 | 4.28 (4.3-6.4) "
+                      "| 7.21 (7.2-10.2) | 1.68 |", "vs_trl",
+               [walls(TRL_CHAINS, "gvm"), walls(TRL_CHAINS, "trl"), trl(TRL_CHAINS, lambda r: r["ratio_time_per_step"]),
+                walls(TRL_RULES, "gvm"), walls(TRL_RULES, "trl"), trl(TRL_RULES, lambda r: r["ratio_time_per_step"])])
+    acc = lambda cmd, who: trl(cmd, lambda r: r["accuracy"][who]["avg_at_k"])  # noqa: E731
+    out += row(BENCH, "| accuracy before -> after (Avg@4, 100 prompts) | 0.385 -> 0.370 | 0.385 -> 0.380 | | "
+                      "0.263 -> 0.292 | 0.263 -> 0.307 | |", "vs_trl",
+               [(acc(TRL_CHAINS, "initial"), acc(TRL_CHAINS, "gvm")), (acc(TRL_CHAINS, "initial"), acc(TRL_CHAINS, "trl")),
+                None, (acc(TRL_RULES, "initial"), acc(TRL_RULES, "gvm")), (acc(TRL_RULES, "initial"), acc(TRL_RULES, "trl")),
+                None])
+    return out
+
+
+def _in_range_guaranteed(c: dict) -> bool:  # inside the theorems' range and Ω < (γ/η)Δ1 for uniform
+    return c["in_theorem_range"] and c["theorem1_ratio_uniform"] < 1
+
+
+def _lab_history(d: dict) -> list[dict]:
+    return [m for k, m in d["methods"].items() if k.endswith("+history")]
+
+
+PILOT_ARMS = ("GVM-RAFT++", "Filter-RAFT++", "GVM-GRPO", "Filter-GRPO")
+_share = lambda d, agg: agg(d["methods"][a]["gvm_stage_share_of_train_wall"] for a in PILOT_ARMS) * 100  # noqa: E731
+
+QUOTES: list[Quote] = [
+    # ---- the demo's table (docs/demo/summary.json), in README.md and docs/demo.md
+    *[qt for doc in (R, DEMO) for name, text in DEMO_ROWS.items() for qt in row(doc, text, "demo", summary_cols(name))],
+    *[qt for name, text in FAMILY_ROWS.items()
+      for qt in row(DEMO, text, "demo", family_cols(name, with_n=name.startswith(("GVM", "Filter"))))],
+    *row(DEMO, "| start pass rate | 0.83 | 0.55 | 0.14 | 0.20 | 0.05 | 0.06 | 0.01 | 0.00 |", "demo",
+         [fam("RAFT++", f, "start_by_family") for f in "ABCDEFGH"]),
+    # ---- README.md prose
+    *q(R, "18 runs {196} s", "demo", lambda d: d["wall_seconds"]["runs"], 0),
+    *q(R, "start pass rates spread from {0.83} (family A)", "demo", fam("RAFT++", "A", "start_by_family"), 2),
+    *q(R, "uniform RAFT++ {0.229} → 0.526", "demo", arm("RAFT++", "start_acc"), 3),
+    *q(R, "uniform RAFT++ 0.229 → {0.526}", "demo", arm("RAFT++", "final_acc_mean"), 3),
+    *q(R, "GRPO → {0.468}", "demo", arm("GRPO", "final_acc_mean"), 3),
+    *q(R, "(+{0.30} and +0.24 test\n  accuracy for uniform RAFT++ and GRPO)", "demo",
+       lambda d: d["methods"]["RAFT++"]["final_acc_mean"] - d["methods"]["RAFT++"]["start_acc"], 2),
+    *q(R, "(+0.30 and +{0.24} test\n  accuracy for uniform RAFT++ and GRPO)", "demo",
+       lambda d: d["methods"]["GRPO"]["final_acc_mean"] - d["methods"]["GRPO"]["start_acc"], 2),
+    *q(R, "(family E: {0.83} under uniform RAFT++", "demo", fam("RAFT++", "E"), 2),
+    *q(R, "0.83 under uniform RAFT++, {0.14} under GVM-RAFT++)", "demo", fam("GVM-RAFT++", "E"), 2),
+    *q(R, "**{2.64} ± 1.11x** fewer E-steps", "regime_cells", cell96("wide", 4.0, 4, "gvm", "speedup"), 2),
+    *q(R, "**2.64 ± {1.11}x** fewer E-steps", "regime_cells", cell96("wide", 4.0, 4, "gvm", "speedup_se"), 2),
+    *q(R, "inside the range at most {1.24}x (24-seed map)", "regime_map",
+       cells(lambda c: c["in_theorem_range"], "gvm", "speedup", max), 2),
+    *q(R, "{1.00} ± 0.01 wherever Theorem 1 already guarantees descent", "regime_map",
+       cells(_in_range_guaranteed, "gvm", "speedup", lambda v: (max(v) + min(v)) / 2), 2),
+    *q(R, "1.00 ± {0.01} wherever Theorem 1 already guarantees descent", "regime_map",
+       cells(_in_range_guaranteed, "gvm", "speedup", lambda v: (max(v) - min(v)) / 2), 2),
+    # ---- docs/demo.md prose
+    *q(DEMO, "warm start 25 s, 18 runs {196} s", "demo", lambda d: d["wall_seconds"]["runs"], 0),
+    *q(DEMO, "uniform RAFT++\ngoes from 0.229 to {0.526} ± 0.013", "demo", arm("RAFT++", "final_acc_mean"), 3),
+    *q(DEMO, "(+{0.30} and +0.24", "demo", lambda d: d["methods"]["RAFT++"]["final_acc_mean"] - d["methods"]["RAFT++"]["start_acc"], 2),
+    *q(DEMO, "(+0.30 and +{0.24}", "demo", lambda d: d["methods"]["GRPO"]["final_acc_mean"] - d["methods"]["GRPO"]["start_acc"], 2),
+    *q(DEMO, "it ends {0.12} (RAFT++) and 0.05 (GRPO) below them", "demo",
+       lambda d: d["methods"]["RAFT++"]["final_acc_mean"] - d["methods"]["GVM-RAFT++"]["final_acc_mean"], 2),
+    *q(DEMO, "it ends 0.12 (RAFT++) and {0.05} (GRPO) below them", "demo",
+       lambda d: d["methods"]["GRPO"]["final_acc_mean"] - d["methods"]["GVM-GRPO"]["final_acc_mean"], 2),
+    *q(DEMO, "({0.391} against 0.483, 0.413 against 0.442)", "demo", arm("GVM-RAFT++", "acc_at_equal_m_steps_mean"), 3),
+    *q(DEMO, "(0.391 against 0.483, {0.413} against 0.442)", "demo", arm("GVM-GRPO", "acc_at_equal_m_steps_mean"), 3),
+    *q(DEMO, "(0.05 → {0.83} with RAFT++)", "demo", fam("RAFT++", "E"), 2),
+    *q(DEMO, "E stays at {0.14} under GVM-RAFT++", "demo", fam("GVM-RAFT++", "E"), 2),
+    *q(DEMO, "({52.5}k of 153k)", "demo", lambda d: d["methods"]["GVM-RAFT++"]["pilot_tokens"] / 1000, 1),
+    *q(DEMO, "GVM makes {23} M-steps where uniform makes 34", "demo", arm("GVM-RAFT++", "m_steps"), 0),
+    *q(DEMO, "GVM makes 23 M-steps where uniform makes {34}", "demo", arm("RAFT++", "m_steps"), 0),
+    *q(DEMO, "the GVM stage is {24}% of\n   training wall time", "demo", arm("GVM-RAFT++", "gvm_stage_share_of_train_wall", 100), 0),
+    *q(DEMO, "({0.25} against 0.19)", "demo", fam("GVM-RAFT++", "C"), 2),
+    *q(DEMO, "(0.25 against {0.19})", "demo", fam("RAFT++", "C"), 2),
+    *q(DEMO, "{17} min on the same AMD EPYC", "lab", lambda d: d["wall_seconds"] / 60, 0),
+    *q(DEMO, "lifts the paper's rule from {0.398}\nto 0.49", "lab", arm("GVM-paper", "final_acc_mean"), 3),
+    *q(DEMO, "lifts the paper's rule from 0.398\nto {0.49}", "lab", arm("GVM-paper+history", "final_acc_mean"), 2),
+    *q(DEMO, "(family E in the lab: {0.16} under the paper's", "lab", fam("GVM-paper", "E"), 2),
+    *q(DEMO, "estimates → {0.64}, 0.82 with `history`; uniform 0.87)", "lab", fam("GVM-bayes", "E"), 2),
+    *q(DEMO, "estimates → 0.64, {0.82} with `history`; uniform 0.87)", "lab", fam("GVM-bayes+history", "E"), 2),
+    *q(DEMO, "estimates → 0.64, 0.82 with `history`; uniform {0.87})", "lab", fam("uniform", "E"), 2),
+    *q(DEMO, "concentration effect ({0.484}, level with uniform at equal M-steps)", "lab",
+       arm("GVM-paper+prompt", "acc_at_equal_m_steps_mean"), 3),
+    *q(DEMO, "ends at {0.508} ± 0.034 against uniform's 0.525 ± 0.015", "lab", arm("GVM-bayes+history", "final_acc_mean"), 3),
+    *q(DEMO, "ends at 0.508 ± 0.034 against uniform's {0.525} ± 0.015", "lab", arm("uniform", "final_acc_mean"), 3),
+    *q(DEMO, "({0.536} ± 0.001) or `reuse` (0.531)", "lab", arm("Knapsack+history", "final_acc_mean"), 3),
+    *q(DEMO, "(0.536 ± 0.001) or `reuse` ({0.531})", "lab", arm("Knapsack+reuse", "final_acc_mean"), 3),
+    # ---- bench/README.md: the allocation lab's table and prose
+    *[qt for name, text in LAB_ROWS.items() for qt in row(BENCH, text, "lab", summary_cols(name))],
+    *q(BENCH, "`python bench/allocation_lab.py` ({17} min", "lab", lambda d: d["wall_seconds"] / 60, 0),
+    *q(BENCH, "uniform's final accuracy ({0.525})", "lab", arm("uniform", "final_acc_mean"), 3),
+    *q(BENCH, "against the paper's rule at {0.398}", "lab", arm("GVM-paper", "final_acc_mean"), 3),
+    *q(BENCH, "pilots {20}-33k of 150k tokens", "lab", lambda d: min(m["pilot_tokens"] for m in _lab_history(d)) / 1000, 0),
+    *q(BENCH, "pilots 20-{33}k of 150k tokens", "lab", lambda d: max(m["pilot_tokens"] for m in _lab_history(d)) / 1000, 0),
+    *q(BENCH, "from 0.398 to {0.491}-0.493", "lab", arm("GVM-paper+history", "final_acc_mean"), 3),
+    *q(BENCH, "from 0.398 to 0.491-{0.493}", "lab", arm("GVM-paper+reuse", "final_acc_mean"), 3),
+    *q(BENCH, "falls from {24}% to 9-15% with `history`", "lab", arm("GVM-paper", "gvm_stage_share_of_train_wall", 100), 0),
+    *q(BENCH, "falls from 24% to {9}-15% with `history`", "lab",
+       lambda d: min(m["gvm_stage_share_of_train_wall"] for m in _lab_history(d)) * 100, 0),
+    *q(BENCH, "falls from 24% to 9-{15}% with `history`", "lab",
+       lambda d: max(m["gvm_stage_share_of_train_wall"] for m in _lab_history(d)) * 100, 0),
+    *q(BENCH, "uniform teaches it from {0.05} to 0.87", "lab", fam("uniform", "E", "start_by_family"), 2),
+    *q(BENCH, "uniform teaches it from 0.05 to {0.87} in this lab's", "lab", fam("uniform", "E"), 2),
+    *q(BENCH, "{0.83} in the demo's 3", "demo", fam("RAFT++", "E"), 2),
+    *q(BENCH, "goes from {0.16} (demo: 0.14)", "lab", fam("GVM-paper", "E"), 2),
+    *q(BENCH, "goes from 0.16 (demo: {0.14})", "demo", fam("GVM-RAFT++", "E"), 2),
+    *q(BENCH, "the paper's estimates to {0.64} (fresh) and 0.82 (`+history`)", "lab", fam("GVM-bayes", "E"), 2),
+    *q(BENCH, "the paper's estimates to 0.64 (fresh) and {0.82} (`+history`)", "lab", fam("GVM-bayes+history", "E"), 2),
+    *q(BENCH, "at equal M-steps (0.484 against {0.480})", "lab", arm("uniform+prompt", "acc_at_equal_m_steps_mean"), 3),
+    *q(BENCH, "(0.484 against {0.514})", "lab", arm("uniform+prompt", "final_acc_mean"), 3),
+    *q(BENCH, "at {142}k\n  tokens against uniform's 132k (0.93x)", "lab", arm("Knapsack+history", "tokens_to_baseline_final", 1e-3), 0),
+    *q(BENCH, "at 142k\n  tokens against uniform's {132}k (0.93x)", "lab", arm("uniform", "tokens_to_baseline_final", 1e-3), 0),
+    *q(BENCH, "in {26} M-steps against 30 (1.15x)", "lab", arm("Knapsack+history", "m_steps_to_baseline_final"), 0),
+    *q(BENCH, "in 26 M-steps against {30} (1.15x)", "lab", arm("uniform", "m_steps_to_baseline_final"), 0),
+    *q(BENCH, "The small train set changes nothing for uniform ({0.525})", "lab", arm("uniform-small", "final_acc_mean"), 3),
+    *q(BENCH, "it is {24.4}-25.4% for the four pilot-based arms", "demo", lambda d: _share(d, min), 1),
+    *q(BENCH, "it is 24.4-{25.4}% for the four pilot-based arms", "demo", lambda d: _share(d, max), 1),
+    # ---- bench/README.md: the regime map
+    *_regime_rows(),
+    *_cell96_rows(),
+    *q(BENCH, "reaches uniform's final level **{2.64}x** sooner at N/m = 4", "regime_cells",
+       cell96("wide", 4.0, 4, "gvm", "speedup"), 2),
+    *q(BENCH, "{2.78}x at N/m = 2, `--cell wide 4 2 --seeds 96`", "regime_cells", cell96("wide", 4.0, 2, "gvm", "speedup"), 2),
+    *q(BENCH, "bootstrap 10th percentiles {1.41} and 1.15", "regime_cells", cell96("wide", 4.0, 4, "gvm", "speedup_p10_p90", 0), 2),
+    *q(BENCH, "bootstrap 10th percentiles 1.41 and {1.15}", "regime_cells", cell96("wide", 4.0, 2, "gvm", "speedup_p10_p90", 0), 2),
+    *q(BENCH, "ends {0.08} lower (3.1 standard errors at N/m = 4)", "regime_cells",
+       _neg(cell96("wide", 4.0, 4, "gvm", "final_L_minus_uniform")), 2),
+    *q(BENCH, "ends 0.08 lower ({3.1} standard errors at N/m = 4)", "regime_cells",
+       lambda r: -cell96("wide", 4.0, 4, "gvm", "final_L_minus_uniform")(r)
+       / cell96("wide", 4.0, 4, "gvm", "final_L_minus_uniform_se")(r), 1),
+    *q(BENCH, "keeps {2.2}x at N/m = 4", "regime_cells", cell96("wide", 4.0, 4, "gvm_pilot", "speedup_samples"), 1),
+    *q(BENCH, "reaches {4.9}x at 16γ with 8 samples per prompt", "regime_cells",
+       cell96("wide", 16.0, 8, "gvm_pilot", "speedup_samples"), 1),
+    *q(BENCH, "no exact-GVM cell exceeds {1.24}", "regime_map", cells(lambda c: c["in_theorem_range"], "gvm", "speedup", max), 2),
+    *q(BENCH, "although GVM cuts Ω\nby up to {28}% on the wide spread", "regime_map",
+       cells(lambda c: c["in_theorem_range"] and c["spread"] == "wide", "gvm", "omega_ratio", lambda v: 100 * (1 - min(v))), 0),
+    *q(BENCH, "(Ω falls ≤ {4}%)", "regime_map",
+       cells(lambda c: c["in_theorem_range"] and c["spread"] == "narrow", "gvm", "omega_ratio", lambda v: 100 * (1 - min(v))), 0),
+    *q(BENCH, "always slower there ({0.37}-0.95x)", "regime_map", cells(lambda c: c["in_theorem_range"], "gvm_pilot", "speedup_samples", min), 2),
+    *q(BENCH, "always slower there (0.37-{0.95}x)", "regime_map", cells(lambda c: c["in_theorem_range"], "gvm_pilot", "speedup_samples", max), 2),
+    *q(BENCH, "the speed-up is {1.00} ± 0.01 — the noise is negligible", "regime_map",
+       cells(_in_range_guaranteed, "gvm", "speedup", lambda v: (max(v) + min(v)) / 2), 2),
+    *q(BENCH, "(wide spread: up to {53}x inside the range)", "regime_map",
+       cells(lambda c: c["in_theorem_range"] and c["spread"] == "wide", "", "theorem1_ratio_uniform", max), 0),
+    # ---- bench/README.md: gvm-mini vs TRL
+    *_trl_rows(),
+    *q(BENCH, "test Average@4 {0.263} -> **0.355** with TRL's GRPOTrainer", "vs_trl",
+       trl(TRL_RULES16, lambda r: r["accuracy"]["initial"]["avg_at_k"]), 3),
+    *q(BENCH, "test Average@4 0.263 -> **{0.355}** with TRL's GRPOTrainer", "vs_trl",
+       trl(TRL_RULES16, lambda r: r["accuracy"]["trl"]["avg_at_k"]), 3),
+    *q(BENCH, "0.263 -> **{0.323}** with gvm-mini's GRPO", "vs_trl", trl(TRL_RULES16, lambda r: r["accuracy"]["gvm"]["avg_at_k"]), 3),
+    *q(BENCH, "gvm-mini **{1.91}x**\nfaster per generated token", "vs_trl", trl(TRL_RULES16, lambda r: r["ratio_time_per_token"]), 2),
+    *q(BENCH, "(generation {1.59}x, reward + update 2.10x)", "vs_trl", trl(TRL_RULES16, lambda r: r["ratio_generation_per_token"]), 2),
+    *q(BENCH, "(generation 1.59x, reward + update {2.10}x)", "vs_trl", trl(TRL_RULES16, lambda r: r["ratio_update_per_token"]), 2),
+    *q(BENCH, "peak RSS {574} vs 834 MB", "vs_trl", trl(TRL_RULES16, lambda r: r["gvm"]["rss_peak_mb"]), 0),
+    *q(BENCH, "peak RSS 574 vs {834} MB", "vs_trl", trl(TRL_RULES16, lambda r: r["trl"]["rss_peak_mb"]), 0),
+    *q(BENCH, "gvm-mini is **{2.08}x** (chains) and **1.68x** (rules) faster", "vs_trl",
+       trl(TRL_CHAINS, lambda r: r["ratio_time_per_token"]), 2),
+    *q(BENCH, "gvm-mini is **2.08x** (chains) and **{1.68}x** (rules) faster", "vs_trl",
+       trl(TRL_RULES, lambda r: r["ratio_time_per_token"]), 2),
+    *q(BENCH, "TRL's 24.29 s equals its {24.47} s of the\nprevious record", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["trl"]["wall"]), 2),
+    *q(BENCH, "(commit b1a72d5, then {0.97}x)", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["ratio_time_per_token"]), 2),
+    *q(BENCH, "the gain is gvm-mini's: {25.23} s -> 11.66 s", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["gvm"]["wall"]), 2),
+    *q(BENCH, "({0.400} -> 0.310 for TRL)", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["accuracy"]["initial"]["avg_at_k"]), 3),
+    *q(BENCH, "(0.400 -> {0.310} for TRL)", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["accuracy"]["trl"]["avg_at_k"]), 3),
+    # ---- docs/gpu.md: QLoRA weights, plan (decimal GB) and measured (GiB)
+    *q(GPU, "| {1.6} GB (1.50 GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][0]["plan_weights_gb"] * 2**30 / 1e9, 1),
+    *q(GPU, "| 1.6 GB ({1.50} GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][0]["measured_weights_gb"], 2),
+    *q(GPU, "| {1.55} GB (1.45 GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][1]["plan_weights_gb"] * 2**30 / 1e9, 2),
+    *q(GPU, "| 1.55 GB ({1.45} GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][1]["measured_weights_gb"], 2),
+    # ---- notebooks' markdown
+    *q(NB01, "(family E in the lab's RAFT++ runs, 2 seeds at 150k tokens: test accuracy {0.16} under the paper's estimates",
+       "lab", fam("GVM-paper", "E"), 2),
+    *q(NB01, "{0.64} with `bayes`, 0.82 with `bayes` and `pilot: history`", "lab", fam("GVM-bayes", "E"), 2),
+    *q(NB01, "0.64 with `bayes`, {0.82} with `bayes` and `pilot: history`", "lab", fam("GVM-bayes+history", "E"), 2),
+    *q(NB02, "gives **{3.36}× ± 2.24 and 3.75× ± 1.97**", "regime_map", cell("wide", 4.0, 2, "gvm", "speedup"), 2),
+    *q(NB02, "gives **3.36× ± {2.24} and 3.75× ± 1.97**", "regime_map", cell("wide", 4.0, 2, "gvm", "speedup_se"), 2),
+    *q(NB02, "gives **3.36× ± 2.24 and {3.75}× ± 1.97**", "regime_map", cell("wide", 4.0, 4, "gvm", "speedup"), 2),
+    *q(NB02, "gives **3.36× ± 2.24 and 3.75× ± {1.97}**", "regime_map", cell("wide", 4.0, 4, "gvm", "speedup_se"), 2),
+    *q(NB02, "Python 3.11.7, {997} s;", "regime_map", lambda d: d["seconds"], 0),
+    *q(NB02, "**{2.78}× ± 1.43 and 2.64× ± 1.11**", "regime_cells", cell96("wide", 4.0, 2, "gvm", "speedup"), 2),
+    *q(NB02, "**2.78× ± {1.43} and 2.64× ± 1.11**", "regime_cells", cell96("wide", 4.0, 2, "gvm", "speedup_se"), 2),
+    *q(NB02, "**2.78× ± 1.43 and {2.64}× ± 1.11**", "regime_cells", cell96("wide", 4.0, 4, "gvm", "speedup"), 2),
+    *q(NB02, "**2.78× ± 1.43 and 2.64× ± {1.11}**", "regime_cells", cell96("wide", 4.0, 4, "gvm", "speedup_se"), 2),
+    *q(NB02, "bootstrap 10th percentiles {1.15} and 1.41", "regime_cells", cell96("wide", 4.0, 2, "gvm", "speedup_p10_p90", 0), 2),
+    *q(NB02, "bootstrap 10th percentiles 1.15 and {1.41}", "regime_cells", cell96("wide", 4.0, 4, "gvm", "speedup_p10_p90", 0), 2),
+    *q(NB02, "GVM ends lower by ${0.086}\\pm0.041$", "regime_cells", _neg(cell96("wide", 4.0, 2, "gvm", "final_L_minus_uniform")), 3),
+    *q(NB02, "and ${0.081}\\pm0.026$: faster is firm", "regime_cells", _neg(cell96("wide", 4.0, 4, "gvm", "final_L_minus_uniform")), 3),
+    *q(NB02, "{40} s and 33 s; that file records no machine", "regime_cells", cell96("wide", 4.0, 2, "", "seconds"), 0),
+    *q(NB02, "40 s and {33} s; that file records no machine", "regime_cells", cell96("wide", 4.0, 4, "", "seconds"), 0),
+    *q(NB02, "yet the speed-up stays at {0.95}–1.24", "regime_map",
+       cells(lambda c: c["in_theorem_range"] and c["spread"] == "wide", "gvm", "speedup", min), 2),
+    *q(NB02, "yet the speed-up stays at 0.95–{1.24}", "regime_map",
+       cells(lambda c: c["in_theorem_range"] and c["spread"] == "wide", "gvm", "speedup", max), 2),
+    *q(NB02, "$\\Omega$ falls by up to {28}% where there is room", "regime_map",
+       cells(lambda c: c["in_theorem_range"] and c["spread"] == "wide", "gvm", "omega_ratio", lambda v: 100 * (1 - min(v))), 0),
+    *q(NB02, "(map: ${1.12}\\pm0.10$ for this\n   cell)", "regime_map", cell("wide", 1.0, 4, "gvm", "speedup"), 2),
+    *q(NB03, "uniform RAFT++ goes from **{0.229} to 0.526**", "demo", arm("RAFT++", "start_acc"), 3),
+    *q(NB03, "uniform RAFT++ goes from **0.229 to {0.526}**", "demo", arm("RAFT++", "final_acc_mean"), 3),
+    *q(NB03, "(GVM-RAFT++) only to **{0.402}**", "demo", arm("GVM-RAFT++", "final_acc_mean"), 3),
+    *q(NB03, "(C: {0.25} against uniform's 0.19)", "demo", fam("GVM-RAFT++", "C"), 2),
+    *q(NB03, "(C: 0.25 against uniform's {0.19})", "demo", fam("RAFT++", "C"), 2),
+    *q(NB03, "(E: {0.14} against 0.83)", "demo", fam("GVM-RAFT++", "E"), 2),
+    *q(NB03, "(E: 0.14 against {0.83})", "demo", fam("RAFT++", "E"), 2),
+    *q(NB03, "uniform RAFT++ goes from {0.23} to 0.53", "demo", arm("RAFT++", "start_acc"), 2),
+    *q(NB03, "uniform RAFT++ goes from 0.23 to {0.53}", "demo", arm("RAFT++", "final_acc_mean"), 2),
+    *q(NB03, "uniform GRPO to {0.47}", "demo", arm("GRPO", "final_acc_mean"), 2),
+    *q(NB03, "GVM-RAFT++ ends at {0.40} and GVM-GRPO at 0.42", "demo", arm("GVM-RAFT++", "final_acc_mean"), 2),
+    *q(NB03, "GVM-RAFT++ ends at 0.40 and GVM-GRPO at {0.42}", "demo", arm("GVM-GRPO", "final_acc_mean"), 2),
+    *q(NB03, "(0.05 → {0.83} with RAFT++)", "demo", fam("RAFT++", "E"), 2),
+    *q(NB03, "so E never takes off ({0.14})", "demo", fam("GVM-RAFT++", "E"), 2),
+    *q(NB03, "GVM makes {23} M-steps where uniform makes 34", "demo", arm("GVM-RAFT++", "m_steps"), 0),
+    *q(NB03, "({0.39} against 0.48 for RAFT++)", "demo", arm("GVM-RAFT++", "acc_at_equal_m_steps_mean"), 2),
+    *q(NB03, "(0.39 against {0.48} for RAFT++)", "demo", arm("RAFT++", "acc_at_equal_m_steps_mean"), 2),
+]
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+def _id(qt: Quote) -> str:
+    return f"{qt.doc}:{qt.text[:60]}"
+
+
+@pytest.mark.parametrize("doc", sorted({qt.doc for qt in QUOTES}))
+def test_quoted_numbers_match_their_sources(doc):
+    """Every quote of one document; all mismatches are reported at once."""
+    errors = []
+    for quote in (qt for qt in QUOTES if qt.doc == doc):
+        try:
+            check(quote)
+        except AssertionError as e:
+            errors.append(str(e).split("\nassert")[0])
+    assert not errors, f"{len(errors)} quoted numbers disagree with their source:\n" + "\n".join(errors)
+
+
+def test_every_source_is_quoted_and_exists():
+    assert {qt.source for qt in QUOTES} == set(SOURCES)
+    for name in SOURCES:
+        assert load_source(name)
+
+
+def _mutate(number: str) -> str:
+    """Change the last digit of a printed number (a planted typo)."""
+    i = max(i for i, ch in enumerate(number) if ch.isdigit())
+    return number[:i] + str((int(number[i]) + 1) % 10) + number[i + 1:]
+
+
+@pytest.mark.parametrize("quote", [QUOTES[1], next(qt for qt in QUOTES if qt.source == "vs_trl")], ids=_id)
+def test_a_planted_mismatch_fails(quote):
+    """One digit changed in a copy of the document: the quote is no longer found; the same digit changed in the
+    quote as well: the number no longer matches its source."""
+    doc = document(quote.doc)
+    wrong = replace(quote, text=quote.text.replace("{" + quote.number + "}", "{" + _mutate(quote.number) + "}"))
+    assert _norm(quote.plain) in _norm(doc)
+    planted = _norm(doc).replace(_norm(quote.plain), _norm(wrong.plain))
+    check(quote, doc)  # the real document passes
+    with pytest.raises(AssertionError, match="not found"):
+        check(quote, planted)
+    with pytest.raises(AssertionError, match="gives"):
+        check(wrong, planted)
+
+
+def test_rounding_rule():
+    d = {"methods": {"x": {"v": 0.2625}}}
+    SOURCES["_test"] = lambda: d
+    try:
+        load_source.cache_clear()
+        ok = Quote("-", "a {0.263} b", "_test", arm("x", "v"), 3)  # half a unit away: accepted
+        check(ok, "a 0.263 b")
+        with pytest.raises(AssertionError, match="gives"):
+            check(replace(ok, text="a {0.264} b"), "a 0.264 b")
+        with pytest.raises(AssertionError, match="decimals"):
+            check(replace(ok, text="a {0.26} b"), "a 0.26 b")
+    finally:
+        del SOURCES["_test"]
+        load_source.cache_clear()
