@@ -1,6 +1,6 @@
 """The package's layering: no import cycles, no upward imports, no module reaching into another's
 private names (in gvm_mini/, bench/ and the notebooks). A module may import only from lower layers
-or its own; the layers are the map a reader can draw (README "Layout")."""
+or its own; the layers are the map a reader can draw (README "Map" and docs/training.md)."""
 
 import ast
 import json
