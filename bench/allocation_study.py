@@ -54,7 +54,7 @@ from gvm_mini.plots import read_jsonl  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 
 #: gvm_robust's settings, chosen on the demo task with --tune (see allocation_study.md, "Pre-registration")
-PREREGISTERED = {"robust_floor": 2, "robust_cap_factor": 4.0, "prompt_weighting": "tokens"}
+PREREGISTERED = {"robust_floor": 2, "robust_cap_factor": 2.0, "prompt_weighting": "prompt"}
 
 #: the gvm_robust arm: the rule, its estimates and its pilot policy (parts kept as options for ablations)
 ROBUST = {"estimator": "robust", "pilot": "history_reuse"}
