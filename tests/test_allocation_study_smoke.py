@@ -32,3 +32,13 @@ def test_study_smoke(tmp_path):
     md = (out / "allocation_study.md").read_text()
     assert "| RAFT++ | gvm_robust |" in md and "Pre-registration" in md
     assert (out / "allocation_study.png").stat().st_size > 10_000
+
+
+def test_demo_robust_arm_uses_the_preregistered_settings():
+    """The demo's gvm_robust arms run with exactly the settings the study pre-registered."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import allocation_study
+
+    from gvm_mini.demo.runner import ROBUST_OPTIONS
+
+    assert ROBUST_OPTIONS == {**allocation_study.ROBUST, **allocation_study.PREREGISTERED}

@@ -21,12 +21,14 @@ __all__ = ["MIN_GAIN", "BASELINE_OF", "summarize_runs", "machine"]
 MIN_GAIN = 0.05
 
 #: the uniform baseline of each arm, and the colours / line styles of the figures
-BASELINE_OF = {"GVM-RAFT++": "RAFT++", "Filter-RAFT++": "RAFT++", "GVM-GRPO": "GRPO", "Filter-GRPO": "GRPO"}
-_COLOR = {"uniform": "tab:blue", "gvm": "tab:red", "filter_extremes": "tab:green"}
+BASELINE_OF = {"GVM-RAFT++": "RAFT++", "Filter-RAFT++": "RAFT++", "Robust-RAFT++": "RAFT++",
+               "GVM-GRPO": "GRPO", "Filter-GRPO": "GRPO", "Robust-GRPO": "GRPO"}
+_COLOR = {"uniform": "tab:blue", "gvm": "tab:red", "filter_extremes": "tab:green", "gvm_robust": "tab:purple"}
+_PREFIX = {"GVM": "gvm", "Filter": "filter_extremes", "Robust": "gvm_robust"}
 
 
 def _rule_of(label: str) -> str:
-    return "gvm" if label.startswith("GVM") else "filter_extremes" if label.startswith("Filter") else "uniform"
+    return _PREFIX.get(label.split("-", 1)[0], "uniform") if "-" in label else "uniform"
 
 
 def _evals(out: Path, label: str, seed: int) -> list[dict]:
@@ -227,7 +229,7 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
             ax.set_ylabel("test Average@4")
             ax.grid(alpha=0.3)
         row[0].legend(loc="lower right", fontsize=8)
-        row[0].set_title(f"{algo}: uniform vs GVM vs filter, against tokens", fontsize=10)
+        row[0].set_title(f"{algo}: uniform, GVM, filter, gvm_robust against tokens", fontsize=10)
         row[1].set_title("against training wall time", fontsize=10)
         row[2].set_title("against M-steps (the paper's x-axis: pilots free)", fontsize=10)
     fig.suptitle(f"Test accuracy during RL, mean ± std over {len(seeds)} seeds (dotted: start)")
@@ -254,9 +256,10 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
         ax.set_ylabel("test Average@4")
     for ax in axes.flat[len(families):]:
         ax.axis("off")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms; colour: uniform / GVM / filter), mean over seeds")
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=8, frameon=False)
+    fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms; colour: the rule), mean over seeds")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     atomic_savefig(fig, out / "families.png", dpi=100)
     plt.close(fig)
 

@@ -19,7 +19,7 @@ from .report import summarize_runs
 from .task import RULES_DATA_SEED, RULES_TEST_PER_FAMILY, TASK
 from .warmstart import SFT, RuleSFT, warm_start
 
-__all__ = ["BUDGET", "QUICK_BUDGET", "CHAINS_BUDGET", "CHAINS_QUICK_BUDGET", "METHODS", "CHAINS_METHODS",
+__all__ = ["BUDGET", "QUICK_BUDGET", "CHAINS_BUDGET", "CHAINS_QUICK_BUDGET", "METHODS", "CHAINS_METHODS", "ROBUST_OPTIONS",
            "demo_config", "run_jobs", "run_demo"]
 
 
@@ -27,18 +27,27 @@ __all__ = ["BUDGET", "QUICK_BUDGET", "CHAINS_BUDGET", "CHAINS_QUICK_BUDGET", "ME
 BUDGET, QUICK_BUDGET = 150_000, 50_000
 CHAINS_BUDGET, CHAINS_QUICK_BUDGET = 150_000, 40_000
 
-#: (label, algorithm, allocation): each algorithm with uniform budgets, GVM's Proposition 1 and the
-#: DAPO-style filter (pilot, then drop prompts whose pilots were all right or all wrong)
+#: (label, algorithm, allocation): each algorithm with uniform budgets, GVM's Proposition 1 (the
+#: paper's rule), the DAPO-style filter (pilot, then drop prompts whose pilots were all right or all
+#: wrong) and gvm_robust (Proposition 1 with a floor and a cap on Beta-posterior estimates; its
+#: options are :data:`ROBUST_OPTIONS`)
 METHODS = [
     ("RAFT++", "raftpp", "uniform"),
     ("GVM-RAFT++", "raftpp", "gvm"),
     ("Filter-RAFT++", "raftpp", "filter_extremes"),
+    ("Robust-RAFT++", "raftpp", "gvm_robust"),
     ("GRPO", "grpo", "uniform"),
     ("GVM-GRPO", "grpo", "gvm"),
     ("Filter-GRPO", "grpo", "filter_extremes"),
+    ("Robust-GRPO", "grpo", "gvm_robust"),
 ]
 #: the chains counter-example keeps the previous demo's four arms
-CHAINS_METHODS = [m for m in METHODS if not m[0].startswith("Filter")]
+CHAINS_METHODS = [m for m in METHODS if not m[0].startswith(("Filter", "Robust"))]
+
+#: gvm_robust's settings, pre-registered on the demo task (bench/allocation_study.py --tune): the
+#: estimates, the pilot policy, the floor and cap, and the M-step weighting
+ROBUST_OPTIONS = {"estimator": "robust", "pilot": "history_reuse", "robust_floor": 2, "robust_cap_factor": 2.0,
+                  "prompt_weighting": "prompt"}
 
 
 def demo_config(model_dir: Path, algorithm: str, allocation: str, seed: int, *, quick: bool, task: str = "rules") -> Config:
@@ -168,7 +177,8 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
     t0 = time.perf_counter()
     model_dir = warm_start(cache_root, sft)
     t_sft = time.perf_counter() - t0
-    jobs = [(model_dir, label, alg, allocation, s, quick, task, out / f"{label}-s{s}")
+    jobs = [(model_dir, label, alg, allocation, s, quick, task, out / f"{label}-s{s}",
+             ROBUST_OPTIONS if allocation == "gvm_robust" else {})
             for s in seed_list for label, alg, allocation in methods]
     workers = max(1, min(len(jobs), workers or min(os.cpu_count() or 1, 4)))
     print(f"{len(jobs)} runs ({len(methods)} methods x {n_seeds} seeds) of {budget:,} generated tokens each, "
