@@ -271,7 +271,7 @@ def _figure(results: dict, path: Path, title: str) -> None:
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title.replace(", mean", ",\nmean"), fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -292,7 +292,7 @@ def _run_task(out: Path, task: str, warm, seeds, rules, algorithms, *, budget, e
 def study(args, out: Path, cache: Path) -> dict:
     warm, seeds = ([0], [0]) if args.smoke else (list(range(args.warm_starts)), list(range(args.seeds)))
     tasks = args.tasks.split(",") if args.tasks else (["rules", "synthetic"] if args.smoke else list(TASKS) + ["synthetic"])
-    results = {"commit": _commit(), "preregistered": PREREGISTERED, "rules": {lab: {"allocation": a, **o} for lab, a, o in RULES},
+    results = {"command": "python bench/allocation_study.py " + " ".join(sys.argv[1:]), "commit": _commit(), "preregistered": PREREGISTERED, "rules": {lab: {"allocation": a, **o} for lab, a, o in RULES},
                "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(), "tasks": {}}
     prior = RESULTS / "allocation_study.json"
     if prior.exists() and not args.smoke:  # tasks run earlier (each task is run once and kept)
@@ -312,9 +312,11 @@ def study(args, out: Path, cache: Path) -> dict:
         summary["wall_seconds"] = time.perf_counter() - t0
         summary["commit"] = _commit()
         results["tasks"][task] = summary
-        _write(results, args, "allocation_study", "Paired difference against uniform at equal generated tokens "
-               "(pilots counted), mean ± SE over (warm start, seed)")
+        _write(results, args, "allocation_study", STUDY_TITLE)
     return results
+
+
+STUDY_TITLE = "Paired difference against uniform at equal generated tokens (pilots counted), mean ± SE over (warm start, seed)"
 
 
 def _write(results: dict, args, name: str, title: str) -> None:
@@ -326,8 +328,8 @@ def _write(results: dict, args, name: str, title: str) -> None:
             for r in rows.values():
                 r.pop("curve", None)
     atomic_write_text(dest / f"{name}.json", json.dumps(slim, indent=1))
-    md = [f"# {title}", "", f"`python bench/allocation_study.py {' '.join(sys.argv[1:])}` (commit {results['commit']}; "
-          f"{results['machine']}).", ""]
+    command = results.get("command", "python bench/allocation_study.py " + " ".join(sys.argv[1:]))
+    md = [f"# {title}", "", f"`{command}` (commit {results['commit']}; {results['machine']}).", ""]
     if name == "allocation_study":
         md += ["## Pre-registration", "", f"gvm_robust's settings were chosen on the demo task (`--tune`) and fixed "
                f"before any other task was run: `{json.dumps(PREREGISTERED)}` with `{json.dumps(ROBUST)}` "
@@ -502,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--map", action="store_true", help="the rule-task map: extreme share x epochs")
     part.add_argument("--paper", action="store_true", help="the official fork's update count on the demo task")
     part.add_argument("--ablate", action="store_true", help="gvm_robust with one part taken out at a time, on the demo task")
+    part.add_argument("--replot", action="store_true", help="re-render allocation_study.md/.png from its JSON (no runs)")
     ap.add_argument("--smoke", action="store_true", help="under a minute: one tiny cell of the study, results under --out")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of " + ", ".join([*TASKS, "synthetic"]))
     ap.add_argument("--warm-starts", type=int, default=3)
@@ -521,7 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = (out / "cache") if args.smoke else Path.home() / ".cache" / "gvm_mini"
     t0 = time.perf_counter()
-    if args.tune:
+    if args.replot:
+        results = json.loads((RESULTS / "allocation_study.json").read_text())
+        results.setdefault("command", "python bench/allocation_study.py --warm-starts 3 --seeds 1 --workers 2")
+        _write(results, args, "allocation_study", STUDY_TITLE)
+    elif args.tune:
         tune(args, out, cache)
     elif args.map:
         map_(args, out, cache)
