@@ -229,11 +229,15 @@ def _table(task: str, summary: dict, n_pairs: str) -> str:
              "| algorithm | rule | final acc (mean ± SE) | paired diff vs uniform (± SE) | tokens to uniform's final (ratio) | pilot share of tokens | estimation share of train wall |",
              "|---|---|---|---|---|---|---|"]
     for alg, rows in summary["by_algorithm"].items():
+        base = rows.get("uniform", {})
+        learned = base.get("final_mean", 1.0) - base.get("start", 0.0) >= demo.MIN_GAIN
         for label, r in rows.items():
             reach = r.get("tokens_to_uniform_final")
             ratio = r.get("token_ratio")
             reach_s = "n/a" if "tokens_to_uniform_final" not in r else ("not reached" if reach is None else
                                                                           f"{reach / 1000:.0f}k" + (f" ({ratio:.2f}x)" if ratio else ""))
+            if "tokens_to_uniform_final" in r and not learned:
+                reach_s = f"n/a (uniform gained < {demo.MIN_GAIN})"
             lines.append(f"| {alg} | {label} | {_fmt(r['final_mean'], r['final_se'])} | "
                          f"{'—' if label == 'uniform' else _fmt(r['paired_diff'], r['paired_se'], sign=True)} | {reach_s} | "
                          f"{100 * r.get('pilot_token_share', 0):.0f}% | {100 * r.get('estimation_wall_share', 0):.0f}% |")
@@ -331,6 +335,12 @@ def _write(results: dict, args, name: str, title: str) -> None:
     command = results.get("command", "python bench/allocation_study.py " + " ".join(sys.argv[1:]))
     md = [f"# {title}", "", f"`{command}` (commit {results['commit']}; {results['machine']}).", ""]
     if name == "allocation_study":
+        md += ["Columns: final test accuracy (Average@4 at T = 1; synthetic: -L(θ)) read on each run's curve at the "
+               "budget; the paired difference is rule minus uniform on the same warm start and seed; tokens at which "
+               "the rule's mean curve first reaches uniform's final accuracy (ratio: uniform's tokens to that level / "
+               "the rule's; n/a when uniform itself gained less than 0.05 over its start); pilot share = pilot tokens / "
+               "all generated tokens (gvm_robust trains on its pilots, so its share is not all overhead); estimation "
+               "share = pilot + gradient-norm + allocation wall time / training wall time.", ""]
         md += ["## Pre-registration", "", f"gvm_robust's settings were chosen on the demo task (`--tune`) and fixed "
                f"before any other task was run: `{json.dumps(PREREGISTERED)}` with `{json.dumps(ROBUST)}` "
                "(see allocation_study_tuning.md for the commit that fixed them).", ""]
