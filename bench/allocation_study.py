@@ -266,7 +266,8 @@ def _figure(results: dict, path: Path, title: str) -> None:
         ax.set_yticks(np.arange(len(labels)), labels)
         ax.invert_yaxis()
         ax.set_xlabel("paired difference vs uniform\n(" + ("-L(θ)" if task == "synthetic" else "test accuracy") + "; right = better)")
-        ax.set_title(task, fontsize=10)
+        ax.set_title(task + (" (tuning task)" if task == "rules" else " (held out)"), fontsize=10)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.grid(alpha=0.3, axis="x")
     handles, names = [], []
     for ax in axes[0]:
