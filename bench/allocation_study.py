@@ -416,9 +416,12 @@ def paper(args, out: Path, cache: Path) -> dict:
             acc = [float(np.interp(m_star, [e["global_step"] for e in ev], [e["avg_at_k"] for e in ev])) for ev in per]
             rows[label]["acc_at_equal_m_steps"] = float(np.mean(acc))
             rows[label]["acc_at_equal_m_steps_se"] = float(np.std(acc, ddof=1) / np.sqrt(len(acc))) if len(acc) > 1 else None
-            rows[label]["updates_per_m_step"] = float(np.mean([
-                np.mean([r["updates"] for r in read_jsonl(out / "paper" / f"{label}-{alg_label}-w{w}-s{s}" / "metrics.jsonl") if r["kind"] == "step"])
-                for w in warm for s in seeds]))
+            per_run = []  # records carry the cumulative count: optimizer updates / M-steps of the whole run
+            for w in warm:
+                for s in seeds:
+                    steps_ = [r for r in read_jsonl(out / "paper" / f"{label}-{alg_label}-w{w}-s{s}" / "metrics.jsonl") if r["kind"] == "step"]
+                    per_run.append(steps_[-1]["updates"] / steps_[-1]["global_step"])
+            rows[label]["updates_per_m_step"] = float(np.mean(per_run))
         summary["by_algorithm"][alg_label]["_equal_m_steps"] = m_star
     results = {"commit": _commit(), "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(), "summary": summary}
     dest = Path(args.out) if args.smoke else RESULTS
