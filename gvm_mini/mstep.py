@@ -14,6 +14,15 @@ In reading order (paper §3-4; the losses are :mod:`gvm_mini.losses`, ``theory/e
 
 The gradient of a mini-batch is the same sum as in one piece, in another order (equal up to float
 rounding).
+
+No dead work: with ``kl_coef == 0`` a sample whose final advantage is exactly 0 (a rejected sample
+of RAFT / RAFT++, a sample of an all-equal GRPO group, a zero prompt weight) has a loss term and a
+gradient of exactly 0, so it is never forwarded (neither for pi_old nor in the update): the
+micro-batches are planned over the live samples only, while the normaliser (the mini-batch's tokens
+under ``token_mean``, its non-empty sequences under ``seq_mean_token_mean``) still counts every
+sample, so the update is the same to float rounding. A mini-batch with no live sample still makes
+its optimizer step, with a zero gradient, as it did when its samples were forwarded (AdamW's
+momentum and weight decay move the weights even then). With KL on, every sample is forwarded.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ from .models import reference_logits_context
 from .rewards import accepted
 from .rollout import Rollout, to_batch
 
-__all__ = ["group_index", "make_optimizer", "initial_reference", "kl_reference", "advantages", "MicroBatch",
-           "length_buckets", "plan_micro_batches", "mini_batch_responses", "plan", "old_and_ref_logprobs", "update", "m_step"]
+__all__ = ["group_index", "make_optimizer", "initial_reference", "kl_reference", "advantages", "live_samples",
+           "MicroBatch", "MiniBatch", "length_buckets", "plan_micro_batches", "mini_batch_responses", "plan",
+           "old_and_ref_logprobs", "update", "m_step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +142,16 @@ def advantages(cfg, rollout: Rollout, rewards: np.ndarray, prompt_p=None) -> tor
     return adv * factor.float()
 
 
+def live_samples(cfg, adv: torch.Tensor) -> np.ndarray:
+    """The samples the M-step must forward: all of them with a KL term (``kl_coef > 0``: every
+    completion token carries one), else those whose final advantage (prompt weight included) is not
+    exactly 0. A dead sample's policy-loss term is ``-0 * ratio`` (or ``-0 * log pi``): 0 in value and
+    in gradient; it still counts in the normaliser. A NaN advantage is live (the update then sees it)."""
+    if cfg.kl_coef > 0:
+        return np.ones(len(adv), dtype=bool)
+    return (adv != 0).numpy()
+
+
 # ---------------------------------------------------------------------------------------------
 # mini-batches and micro-batches
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +235,20 @@ class MicroBatch:
     shared: bool
 
 
+@dataclass
+class MiniBatch:
+    """One optimizer update's samples: ``rows`` (all of them), ``micro`` (the live ones, in
+    micro-batches: only these are forwarded), ``normaliser`` (the denominator of the loss over ALL
+    ``rows``: completion tokens under ``token_mean``, non-empty completions under
+    ``seq_mean_token_mean``; at least 1) and ``tokens`` (all ``rows``' completion tokens, at least 1;
+    the denominator of the token-fraction statistics such as ``clip_frac``)."""
+
+    rows: list[int]
+    micro: list[MicroBatch]
+    normaliser: float
+    tokens: float
+
+
 def mini_batch_responses(cfg) -> int:
     """Responses per optimizer update: ``mini_batch_size`` (``mini_batch_unit: responses``, the fair
     count), or under ``mini_batch_unit: fork`` the official fork's count for a non-uniform arm,
@@ -226,20 +260,27 @@ def mini_batch_responses(cfg) -> int:
     return cfg.mini_batch_size
 
 
-def plan(cfg, model, rollout: Rollout, pad_id: int, seed: int) -> list[list[MicroBatch]]:
+def plan(cfg, model, rollout: Rollout, pad_id: int, seed: int, live: np.ndarray | None = None) -> list[MiniBatch]:
     """The M-step's mini-batches (a ``seed``-ed permutation cut into :func:`mini_batch_responses`
-    samples), each cut by :func:`plan_micro_batches` (shared prompts not under gradient checkpointing,
-    where HF layers drop the cache). Tensors are built once and reused by every forward pass."""
+    samples), the ``live`` ones of each (default: all) cut by :func:`plan_micro_batches` (shared prompts
+    not under gradient checkpointing, where HF layers drop the cache). The permutation and the
+    normalisers cover every sample, live or not, so they do not depend on ``live``. Tensors are built
+    once and reused by every forward pass."""
     S, size = len(rollout), mini_batch_responses(cfg)
     perm = np.random.default_rng(seed).permutation(S)
     minis = [perm[s : min(s + size, S)].tolist() for s in range(0, S, size)]
     can_share = not any(getattr(mod, "gradient_checkpointing", False) is True for mod in model.modules())
+    lengths = np.array([len(c) for c in rollout.completion_ids], dtype=np.int64)
     out = []
     for rows in minis:
-        pieces = plan_micro_batches([rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows],
+        kept = rows if live is None else [i for i in rows if live[i]]
+        pieces = plan_micro_batches([rollout.prompt_ids[i] for i in kept], [rollout.completion_ids[i] for i in kept],
                                     cfg.micro_batch_size, share_prompts=can_share)
-        out.append([MicroBatch(sel, to_batch(rollout, pad_id, sel), shared)
-                    for sel, shared in (([rows[k] for k in b], shared) for b, shared in pieces)])
+        tokens = int(lengths[rows].sum())
+        normaliser = tokens if cfg.loss_type == "token_mean" else int((lengths[rows] > 0).sum())
+        out.append(MiniBatch(rows, [MicroBatch(sel, to_batch(rollout, pad_id, sel), shared)
+                                    for sel, shared in (([kept[k] for k in b], shared) for b, shared in pieces)],
+                             float(max(normaliser, 1)), float(max(tokens, 1))))
     return out
 
 
@@ -256,9 +297,8 @@ def _dropout_free(model) -> bool:
         float(getattr(conf, k, 0.0) or 0.0) > 0 for k in ("attention_dropout", "hidden_dropout", "dropout"))
 
 
-def old_and_ref_logprobs(cfg, model, rollout: Rollout, minis: list[list[MicroBatch]], ref_values,
-                         first_from_update: bool):
-    """pi_old's and the KL reference's per-token log-probs of every micro-batch, before any update.
+def old_and_ref_logprobs(cfg, model, rollout: Rollout, minis: list[MiniBatch], ref_values, first_from_update: bool):
+    """pi_old's and the KL reference's per-token log-probs of every (live) micro-batch, before any update.
 
     pi_old (RAFT++ and GRPO): the sampler's own log-probs with ``old_logprobs: behaviour`` (exact for
     HF sampling at temperature 1, top_p 1), else a forward pass in eval mode; with
@@ -268,12 +308,12 @@ def old_and_ref_logprobs(cfg, model, rollout: Rollout, minis: list[list[MicroBat
     dev = next(model.parameters()).device
     trainable = [p for p in model.parameters() if p.requires_grad]
     needs_old = cfg.algorithm != "raft"
-    old = [[None] * len(m) for m in minis]
-    ref = [[None] * len(m) for m in minis]
+    old = [[None] * len(m.micro) for m in minis]
+    ref = [[None] * len(m.micro) for m in minis]
     model.eval()  # no dropout in the forward passes that define the losses
     with torch.no_grad():
         for j, mini in enumerate(minis):
-            for k, mb in enumerate(mini):
+            for k, mb in enumerate(mini.micro):
                 ids, attn, _, blogp = mb.tensors
                 ids, attn = ids.to(dev), attn.to(dev)
                 if needs_old and cfg.old_logprobs == "behaviour":
@@ -290,22 +330,25 @@ def old_and_ref_logprobs(cfg, model, rollout: Rollout, minis: list[list[MicroBat
     return old, ref
 
 
-def update(cfg, model, optimizer, rollout: Rollout, mini: list[MicroBatch], adv: torch.Tensor, old: list, ref: list,
+def update(cfg, model, optimizer, rollout: Rollout, mini: MiniBatch, adv: torch.Tensor, old: list, ref: list,
            first_from_update: bool) -> dict | None:
-    """One optimizer step on one mini-batch: gradients accumulated over its micro-batches, each loss
-    weighted by its share of the mini-batch's tokens (``token_mean``) or sequences, so the sum equals
-    the mini-batch's gradient in one piece; clipped to ``max_grad_norm``. Returns the step's loss
-    statistics, or None when a loss or the gradient is not finite (the weights never see a NaN)."""
+    """One optimizer step on one mini-batch: gradients accumulated over its (live) micro-batches, each
+    loss weighted by its share of the mini-batch's normaliser (tokens under ``token_mean``, sequences
+    otherwise; dead samples count in it), so the sum equals the mini-batch's gradient in one piece;
+    clipped to ``max_grad_norm``. With no live micro-batch the gradient is exactly 0 and the step is
+    still taken, as when the dead samples were forwarded. Returns the step's loss statistics
+    (``clip_frac``: the fraction of the mini-batch's completion tokens whose clipped branch was taken,
+    whatever ``loss_type``), or None when a loss or the gradient is not finite (the weights never see
+    a NaN)."""
     dev = next(model.parameters()).device
     token_mean = cfg.loss_type == "token_mean"
-    masks = [mb.tensors[2] for mb in mini]
-    normaliser = torch.as_tensor(sum(m.sum() for m in masks) if token_mean else sum((m.sum(-1) > 0).sum() for m in masks),
-                                 dtype=torch.float32).clamp_min(1)
     optimizer.zero_grad(set_to_none=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     total = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
-    for k, mb in enumerate(mini):
+    for k, mb in enumerate(mini.micro):
         ids, attn, cmask, _ = (t.to(dev) for t in mb.tensors)
-        weight = (cmask.sum() if token_mean else (cmask.sum(-1) > 0).sum()) / normaliser.to(dev)
+        units = cmask.sum() if token_mean else (cmask.sum(-1) > 0).sum()
+        weight = float(units) / mini.normaliser
         logp = _logprobs(model, rollout, mb, ids, attn)
         old_k = old[k] if old[k] is not None or not first_from_update else logp.detach()  # pi_old = pi_theta here
         loss, st = losses.policy_objective(
@@ -316,11 +359,14 @@ def update(cfg, model, optimizer, rollout: Rollout, mini: list[MicroBatch], adv:
         if not torch.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)
             return None
-        (loss * weight.to(loss.device)).backward()
-        total["loss"] += float(loss.detach()) * float(weight)
-        for key in ("pg_loss", "kl", "clip_frac"):
-            total[key] += float(st.get(key, loss if key == "pg_loss" else 0.0)) * float(weight)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+        (loss * weight).backward()
+        total["loss"] += float(loss.detach()) * weight
+        total["pg_loss"] += float(st.get("pg_loss", loss)) * weight
+        total["kl"] += float(st.get("kl", 0.0)) * weight
+        total["clip_frac"] += float(st.get("clip_frac", 0.0)) * float(cmask.sum()) / mini.tokens
+    if not mini.micro:  # no live sample: the zero gradient the forwarded dead samples would have given
+        for p in trainable:
+            p.grad = torch.zeros_like(p)
     gn = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
     if not torch.isfinite(gn):
         optimizer.zero_grad(set_to_none=True)
@@ -336,16 +382,19 @@ def update(cfg, model, optimizer, rollout: Rollout, mini: list[MicroBatch], adv:
 
 
 def m_step(cfg, model, optimizer, rollout: Rollout, rewards: np.ndarray, pad_id: int, ref_values, seed: int, *,
-           prompt_p=None) -> dict:
+           prompt_p=None, skip_dead: bool = True) -> dict:
     """One M-step on ``rollout`` with ``rewards`` (module docstring); returns its statistics: updates
-    made and skipped (non-finite loss or gradient), zero-signal fraction, mean loss, policy loss, KL,
-    clip fraction and gradient norm over the updates. ``ref_values``: the KL reference weights
-    (:func:`kl_reference`); ``prompt_p``: the allocation's ``p_i`` per sample's prompt (``lemma1``)."""
+    made and skipped (non-finite loss or gradient), zero-signal fraction, samples not forwarded
+    (``dead_samples``), mean loss, policy loss, KL, clip fraction and gradient norm over the updates.
+    ``ref_values``: the KL reference weights (:func:`kl_reference`); ``prompt_p``: the allocation's
+    ``p_i`` per sample's prompt (``lemma1``); ``skip_dead=False`` forwards the dead samples too (the
+    same update, slower; for tests and benchmarks)."""
     adv = advantages(cfg, rollout, rewards, prompt_p)
     groups = torch.as_tensor(group_index(rollout.prompt_index, cfg.grpo_group_size))
+    live = live_samples(cfg, adv) if skip_dead else np.ones(len(rollout), dtype=bool)
     stats = {"zero_signal_frac": losses.zero_signal_fraction(torch.as_tensor(rewards, dtype=torch.float32), groups),
-             "skipped_updates": 0, "updates": 0}
-    minis = plan(cfg, model, rollout, pad_id, seed)
+             "skipped_updates": 0, "updates": 0, "dead_samples": int((~live).sum())}
+    minis = plan(cfg, model, rollout, pad_id, seed, live)
     # pi_old from the first update's own forward: only when train- and eval-mode forwards agree
     first_from_update = cfg.algorithm != "raft" and cfg.old_logprobs == "recompute" and _dropout_free(model)
     old, ref = old_and_ref_logprobs(cfg, model, rollout, minis, ref_values, first_from_update)

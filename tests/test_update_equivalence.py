@@ -3,7 +3,10 @@ own forward on the first mini-batch) gives the same update as the M-step before 
 batch, up to float rounding: RAFT, RAFT++ and GRPO, with and without micro-batches and KL.
 
 ``m_step_before`` (tests/frozen_reference.py) is a frozen, self-contained copy of the M-step as of
-commit d4c5bf4, with its own copies of the losses and helpers it computes with.
+commit d4c5bf4, with its own copies of the losses and helpers it computes with. It forwards every
+sample; the M-step today does not forward the samples with advantage 0 when there is no KL term (the
+cases with ``kl_coef=0`` below), so these cases also compare that against forwarding them
+(tests/test_mstep_deadwork.py compares the two paths of today's M-step directly).
 """
 
 import copy
