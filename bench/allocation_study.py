@@ -124,9 +124,11 @@ def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     return np.array([e["tokens"] for e in evals], float), np.array([e["avg_at_k"] for e in evals], float), recs[-1]
 
 
-def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int) -> dict:
+def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int, run_dir=None) -> dict:
     """Per algorithm and rule: final accuracy at ``budget`` tokens, paired differences against
-    uniform on the same (warm start, seed), tokens to reach uniform's final accuracy, estimation cost."""
+    uniform on the same (warm start, seed), tokens to reach uniform's final accuracy, estimation cost.
+    ``run_dir(label, alg_label, w, s)`` names a run's directory (default: the study's own runs)."""
+    run_dir = run_dir or (lambda label, alg_label, w, s: out / f"{label}-{alg_label}-w{w}-s{s}")
     res = {}
     grid = np.linspace(0, budget, 151)
     for alg_label in algorithms:
@@ -135,7 +137,7 @@ def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int) -> dict:
             finals, cs, pilot_share, wall_share = [], [], [], []
             for w in warm:
                 for s in seeds:
-                    x, y, last = _curve(out / f"{label}-{alg_label}-w{w}-s{s}")
+                    x, y, last = _curve(run_dir(label, alg_label, w, s))
                     finals.append(float(np.interp(budget, x, y)))
                     cs.append(np.interp(grid, x, y))
                     pilot_share.append(last["pilot_tokens"] / max(last["tokens"], 1))
@@ -165,6 +167,43 @@ def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int) -> dict:
 def _first_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float | None:
     hit = np.flatnonzero(curve >= target - 1e-12)
     return float(grid[hit[0]]) if hit.size else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the SmolLM2 task: bench/realmodel_curve.py's runs, read here
+# ---------------------------------------------------------------------------------------------
+
+
+#: the study's rules as bench/realmodel_curve.py's arms (RAFT++; the same options as :data:`RULES`)
+SMOLLM2_ARMS = {"uniform": "uniform-RAFT++", "gvm": "GVM-RAFT++", "gvm_robust": "Robust-RAFT++",
+                "knapsack+history": "Knapsack+history", "filter_extremes": "Filter-RAFT++"}
+SMOLLM2_COMMAND = "python bench/realmodel_curve.py --arms " + ",".join(SMOLLM2_ARMS.values()) + " --workers 1"
+
+
+def _smollm2(runs: Path, rules=RULES) -> dict:
+    """SmolLM2-135M-Instruct + LoRA on two-digit addition/subtraction, RAFT++ (``bench/realmodel_curve.py``
+    runs them, ~10 min each on one core; this only reads them). One starting model (the released
+    weights: there is no SFT seed to vary), the training seeds that every rule finished, paired by seed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("realmodel_curve", ROOT / "bench" / "realmodel_curve.py")
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    labels = [lab for lab, _, _ in rules]
+    done = {lab: {int(d.name[4:]) for d in (runs / SMOLLM2_ARMS[lab]).glob("seed*") if (d / "done.json").exists()}
+            for lab in labels}
+    seeds = sorted(set.intersection(*done.values()))
+    if not seeds:
+        missing = [SMOLLM2_ARMS[lab] for lab in labels if not done[lab]]
+        raise SystemExit(f"allocation_study: no seed finished by every SmolLM2 arm under {runs} (none for "
+                         f"{', '.join(missing) or 'a common seed'}); run `{SMOLLM2_COMMAND} --resume` first")
+    summary = _summarise(runs, rules, {"RAFT++": "raftpp"}, [0], seeds, rc.BUDGET,
+                         run_dir=lambda label, alg, w, s: runs / SMOLLM2_ARMS[label] / f"seed{s}")
+    summary["n_pairs"] = (f"1 starting model x {len(seeds)} seeds; Average@{rc.BASE['eval_samples']} on "
+                          f"{rc.BASE['eval_size']} test prompts at T = 1, top_p {rc.BASE['top_p']}")
+    summary["seeds"] = seeds
+    summary["runs_command"] = SMOLLM2_COMMAND
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +264,11 @@ def _fmt(v, se=None, sign=False) -> str:
 
 
 def _table(task: str, summary: dict, n_pairs: str) -> str:
-    lines = [f"### {task} ({n_pairs})", "",
+    lines = [f"### {task} ({n_pairs})", ""]
+    if summary.get("runs_command"):
+        lines += [f"Runs: `{summary['runs_command']}` (commit {summary['commit']}, {summary['machine']}), read by "
+                  f"`{summary['command']}`.", ""]
+    lines += [
              "| algorithm | rule | final acc (mean ± SE) | paired diff vs uniform (± SE) | tokens to uniform's final (ratio) | pilot share of tokens | estimation share of train wall |",
              "|---|---|---|---|---|---|---|"]
     for alg, rows in summary["by_algorithm"].items():
@@ -296,17 +339,22 @@ def _run_task(out: Path, task: str, warm, seeds, rules, algorithms, *, budget, e
 
 def study(args, out: Path, cache: Path) -> dict:
     warm, seeds = ([0], [0]) if args.smoke else (list(range(args.warm_starts)), list(range(args.seeds)))
-    tasks = args.tasks.split(",") if args.tasks else (["rules", "synthetic"] if args.smoke else list(TASKS) + ["synthetic"])
+    tasks = args.tasks.split(",") if args.tasks else (["rules", "synthetic"] if args.smoke else list(TASKS) + ["synthetic", "smollm2"])
     results = {"command": "python bench/allocation_study.py " + " ".join(sys.argv[1:]), "commit": _commit(), "preregistered": PREREGISTERED, "rules": {lab: {"allocation": a, **o} for lab, a, o in RULES},
                "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(), "tasks": {}}
     prior = RESULTS / "allocation_study.json"
     if prior.exists() and not args.smoke:  # tasks run earlier (each task is run once and kept)
-        results["tasks"].update(json.loads(prior.read_text()).get("tasks", {}))
+        kept = json.loads(prior.read_text())
+        if args.tasks:  # adding tasks to the study: its header (command, commit, warm starts) stays the first run's
+            results.update({k: kept[k] for k in ("command", "commit", "warm_starts", "seeds", "machine") if k in kept})
+        results["tasks"].update(kept.get("tasks", {}))
     rules = RULES if not args.smoke else [r for r in RULES if r[0] in ("uniform", "gvm_robust")]
     algorithms = ALGORITHMS if not args.smoke else {"RAFT++": "raftpp"}
     for task in tasks:
         t0 = time.perf_counter()
-        if task == "synthetic":
+        if task == "smollm2":
+            summary = _smollm2(args.smollm2_runs)
+        elif task == "synthetic":
             summary = _synthetic(list(range(3)) if not args.smoke else [0], list(range(4)) if not args.smoke else [0, 1],
                                  smoke=args.smoke, rules=rules)
         else:
@@ -316,6 +364,8 @@ def study(args, out: Path, cache: Path) -> dict:
                                 cache=cache, workers=args.workers, smoke=args.smoke)
         summary["wall_seconds"] = time.perf_counter() - t0
         summary["commit"] = _commit()
+        summary["machine"] = demo.report.machine()
+        summary["command"] = "python bench/allocation_study.py " + " ".join(sys.argv[1:])
         results["tasks"][task] = summary
         _write(results, args, "allocation_study", STUDY_TITLE)
     return results
@@ -346,7 +396,8 @@ def _write(results: dict, args, name: str, title: str) -> None:
                f"before any other task was run: `{json.dumps(PREREGISTERED)}` with `{json.dumps(ROBUST)}` "
                "(see allocation_study_tuning.md for the commit that fixed them).", ""]
     for task, summary in results["tasks"].items():
-        n = f"{len(results['warm_starts'])} warm starts x {len(results['seeds'])} seeds" if task != "synthetic" else "3 models x 4 seeds"
+        n = summary.get("n_pairs") or (f"{len(results['warm_starts'])} warm starts x {len(results['seeds'])} seeds"
+                                       if task != "synthetic" else "3 models x 4 seeds")
         md += [_table(task, summary, n), ""]
     atomic_write_text(dest / f"{name}.md", "\n".join(md) + "\n")
     _figure(results, dest / f"{name}.png", title)
@@ -520,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--ablate", action="store_true", help="gvm_robust with one part taken out at a time, on the demo task")
     part.add_argument("--replot", action="store_true", help="re-render allocation_study.md/.png from its JSON (no runs)")
     ap.add_argument("--smoke", action="store_true", help="under a minute: one tiny cell of the study, results under --out")
-    ap.add_argument("--tasks", default=None, help="comma-separated subset of " + ", ".join([*TASKS, "synthetic"]))
+    ap.add_argument("--tasks", default=None, help="comma-separated subset of " + ", ".join([*TASKS, "synthetic", "smollm2"]))
+    ap.add_argument("--smollm2-runs", type=Path, default=ROOT / "runs" / "realmodel_curve",
+                    help="bench/realmodel_curve.py's run directories, read for the smollm2 task")
     ap.add_argument("--warm-starts", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
@@ -529,9 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_starts < 1 or args.seeds < 1:
         ap.error("--warm-starts and --seeds must be positive integers")
     if args.tasks:
-        unknown = [t for t in args.tasks.split(",") if t not in TASKS and t != "synthetic"]
+        unknown = [t for t in args.tasks.split(",") if t not in TASKS and t not in ("synthetic", "smollm2")]
         if unknown:
-            ap.error(f"unknown task(s) {unknown}; choose from {', '.join([*TASKS, 'synthetic'])}")
+            ap.error(f"unknown task(s) {unknown}; choose from {', '.join([*TASKS, 'synthetic', 'smollm2'])}")
     out = args.out or (ROOT / "runs" / ("allocation_study-smoke" if args.smoke else "allocation_study"))
     if args.smoke and args.out is None:
         args.out = out

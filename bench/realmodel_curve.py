@@ -18,17 +18,18 @@ tokens and ~60% of the starting model's samples were cut there, so its gain (0.0
 been the policy learning to stop rather than to add. ``--probe`` samples the starting model on the
 evaluation set with candidate prompts (:data:`PROMPTS`) and reports, per cap, the fraction cut and the
 accuracy of all and of the uncut answers (``bench/results/realmodel_curve_probe.json``). No prompt made
-SmolLM2 short at T=1 with top_p 1 (21-30% cut at 96 tokens, 6% at 256 for the best); nucleus sampling at
-top_p 0.95 (still T=1) cut 2% at 256. So: "Give the answer as a number." with no system message of ours
-(SmolLM2's chat template then inserts its own), top_p 0.95 for training and evaluation, completions capped
-at 256 tokens; every evaluation also reports the accuracy among the uncut answers beside Average@k, so
-learning to stop and learning arithmetic are told apart.
+SmolLM2 short at T=1 with top_p 1 (21-30% cut at 96 tokens, 6% at 256 for the best); nucleus sampling
+(still T=1) removes the rambling tail: top_p 0.9 cut 4.7% at 128 tokens and 1.6% at 160. So: "Give the
+answer as a number." with no system message of ours (SmolLM2's chat template then inserts its own),
+top_p 0.9 for training and evaluation, completions capped at 160 tokens; every evaluation also reports
+the accuracy among the uncut answers beside Average@k, so learning to stop and learning arithmetic are
+told apart.
 
-Per M-step 4 prompts x 8 samples (two mini-batches of 16: two updates), one M-step per iteration and an
-evaluation after every iteration on 32 test prompts, one draw each (Average@1: the spread reported is over
-training seeds); lr 5e-4. Budget (one core, ``--workers 1``, ~75 min for 10 runs): 7,000 generated tokens
-per run, pilots counted; SmolLM2 samples ~40-55 tokens/s at batch 32 on one thread here and its starting
-answers average 54 tokens, so a run is 6-12 M-steps.
+Per iteration 4 prompts x 4 samples, one M-step (two mini-batches of 8: two updates), lr 5e-4, and an
+evaluation after every iteration on 24 test prompts, one draw each (Average@1: the spread reported is
+over training seeds). Budget (one core, ``--workers 1``, ~75 min for the 10 runs): 5,500 generated tokens
+per run, pilots counted; SmolLM2 samples ~30-45 tokens/s here (one thread, batches of 16-32 with a long
+tail) and its starting answers average ~45 tokens, so an iteration with its evaluation costs ~45 s.
 
 Arms (:data:`ARMS`), each at the same ``token_budget`` of generated tokens, pilots counted, each run with
 ``SEEDS`` training seeds (the seed sets the prompt order, the LoRA init, every sampling draw and the
@@ -67,31 +68,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gvm_mini.demo.runner import ROBUST_OPTIONS  # noqa: E402  (the pre-registered gvm_robust settings)
+
 #: the task and training settings shared by every arm of the full run (on top of configs/smollm2_cpu.yaml)
 BASE = {
     "lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear",
     "dataset": "arithmetic", "task_min_operands": 2, "task_max_operands": 2, "task_max_digits": 2,
-    "task_ops": "+-", "train_size": 256, "test_size": 48, "eval_size": 32, "data_seed": 1234,
+    "task_ops": "+-", "train_size": 256, "test_size": 48, "eval_size": 24, "data_seed": 1234,
     "verifier": "last_number", "system_prompt": None, "instruction": " Give the answer as a number.",
-    "algorithm": "raftpp", "num_pilot": 4, "samples_per_prompt": 8, "gradnorm_params": "lora",
-    "max_completion_length": 256, "top_p": 0.95, "sample_batch_size": 32, "temperature": 1.0,
-    "iterations": 100, "prompts_per_step": 4, "steps_per_iteration": 1, "mini_batch_size": 16,
+    "algorithm": "raftpp", "num_pilot": 2, "samples_per_prompt": 4, "gradnorm_params": "lora",
+    "max_completion_length": 160, "top_p": 0.9, "sample_batch_size": 32, "temperature": 1.0,
+    "iterations": 100, "prompts_per_step": 4, "steps_per_iteration": 1, "mini_batch_size": 8,
     "learning_rate": 5e-4, "kl_coef": 0.0, "eval_every": 1, "eval_samples": 1, "eval_temperature": 1.0,
     "seed": 0, "progress": False,
 }
-BUDGET = 7_000  # generated tokens per run, pilots included
+BUDGET = 5_500  # generated tokens per run, pilots included
 SEEDS = 3
 #: why this prompt and cap (``--probe``, bench/results/realmodel_curve_probe.json; 48 test prompts x 2 draws, T=1)
 TASK_NOTE = (
-    "No prompt made SmolLM2-135M-Instruct short at T=1: with top_p 1, six prompts (\"Give the answer as a number.\", "
+    "No prompt made SmolLM2-135M-Instruct short at T=1 with top_p 1: six prompts (\"Give the answer as a number.\", "
     "\"Answer with only the number.\", a calculator system prompt, \"one short equation\", two few-shot system "
     "prompts) all left 51-64% of the answers cut at 32 tokens and 21-30% at 96; the best, \"Give the answer as a "
     "number.\" with no system prompt, still cut 6% at 256 tokens (mean length 61): the model's T=1 tail rambles. "
-    "Nucleus sampling at top_p 0.95 (still T=1) removes most of that tail: 2% cut at 256 tokens (9% at 128, 6% at 192; "
-    "top_p 0.9: 6% at 128). Chosen: \"Give the answer as a number.\", no system prompt, top_p 0.95 for training and "
-    "evaluation, completions capped at 256 tokens: the start's truncation is at most 5% and the cap cannot be what "
-    "the policy learns to beat. The cost: answers average 54 tokens at the start, so the budget buys few M-steps."
+    "Nucleus sampling, still at T=1, removes most of that tail: top_p 0.95 cut 2% at 256 tokens (6% at 192), top_p 0.9 "
+    "cut 4.7% at 128 and 1.6% at 160 (mean length 42). Chosen: \"Give the answer as a number.\", no system prompt, "
+    "top_p 0.9 for training and evaluation, completions capped at 160 tokens, so the start's truncation is under 5% "
+    "and the cap is not what the policy learns to beat. Probe samples: 64-96 per prompt, so each fraction is +-3 points."
 )
+
+#: the first published run of this script, kept for comparison in the results' .md
+EARLIER_RUN = """## Earlier run (one seed, 32-token cap: mostly learning to stop)
+
+`python bench/realmodel_curve.py --arms uniform,GVM,GVM-bayes` at commit efc233b: the same task with Average@4 on 48
+test prompts at T=1 (top_p 1), completions capped at 32 tokens, 8 prompts x 8 samples per M-step, KL 0.001, 14,000
+generated tokens per arm, one training seed (± is the std over the 4 evaluation draws). 59% of the first training
+samples were cut at the cap and the truncation fell to 0% as the policy learned to answer in ~11 tokens, so the
+gain mixes learning to stop with learning to add; the uncut answers' accuracy was not measured.
+
+| arm | start Average@4 | final Average@4 (± std over 4 draws) | change | generated tokens (pilot) | updates | train reward first→last step | train truncated first→last | wall (train / total) |
+|---|---|---|---|---|---|---|---|---|
+| uniform | 0.068 | 0.500 ± 0.017 | +0.432 | 14,258 (0) | 28 | 0.05→0.47 | 0.59→0.00 | 796 s / 1075 s |
+| GVM | 0.068 | 0.208 ± 0.034 | +0.141 | 16,145 (5,941) | 18 | 0.19→0.61 | 0.54→0.13 | 612 s / 861 s |
+| GVM-bayes | 0.068 | 0.344 ± 0.027 | +0.276 | 14,353 (4,631) | 23 | 0.08→0.22 | 0.58→0.10 | 587 s / 695 s |
+"""
 
 #: (label, options, seeds: None = SEEDS)
 ARMS = [
@@ -100,8 +119,12 @@ ARMS = [
     ("GVM-RAFT++", {"allocation": "gvm", "algorithm": "raftpp"}, None),
     ("GVM-GRPO", {"allocation": "gvm", "algorithm": "grpo", "epsilon_high": 0.2}, None),
     ("uniform-RAFT++-QLoRA", {"allocation": "uniform", "algorithm": "raftpp", "load_in_4bit": True}, 1),
-    ("Knapsack+history", {"allocation": "knapsack", "pilot": "history"}, None),
     ("GVM-bayes", {"allocation": "gvm", "estimator": "bayes"}, None),
+    # the allocation study's other rules on this task (bench/allocation_study.py --tasks smollm2 reads them):
+    # gvm_robust with the settings pre-registered on the demo task, never tuned here
+    ("Robust-RAFT++", {"allocation": "gvm_robust", "algorithm": "raftpp", **ROBUST_OPTIONS}, None),
+    ("Knapsack+history", {"allocation": "knapsack", "algorithm": "raftpp", "pilot": "history"}, None),
+    ("Filter-RAFT++", {"allocation": "filter_extremes", "algorithm": "raftpp"}, None),
 ]
 #: the published run (GVM-GRPO did not fit the time: ``--arms GVM-GRPO --resume`` adds it)
 DEFAULT_ARMS = ["uniform-RAFT++", "uniform-GRPO", "GVM-RAFT++", "uniform-RAFT++-QLoRA"]
@@ -224,6 +247,7 @@ def summarize_run(d: Path) -> dict:
     wall = last.get("wall", {})
     done = json.loads((d / "done.json").read_text()) if (d / "done.json").exists() else {}
     m_steps = last.get("global_step") or 0
+    live = sum(st["step_samples"] - (st.get("dead_samples") or 0) for st in steps)
     return {
         "curve": curve,
         "start_acc": curve[0]["acc"] if curve else None,
@@ -233,8 +257,11 @@ def summarize_run(d: Path) -> dict:
         "updates": last.get("updates"), "m_steps": m_steps, "iterations": last.get("iteration"),
         "wall_train_s": last.get("wall_train"), "wall_total_s": last.get("wall_total"), "wall": wall,
         "s_per_m_step": wall["update"] / m_steps if m_steps and "update" in wall else None,
-        "s_per_1k_sampled_tokens": 1000 * (wall.get("rollout", 0) + wall.get("pilot", 0)) / last["tokens"]
-        if last.get("tokens") else None,
+        # the update's cost per sample it forwarded (the dead ones are not: a step with none costs ~nothing)
+        "update_s_per_live_sample": wall["update"] / live if live and "update" in wall else None,
+        "live_samples": live,
+        "sampling_tokens_per_s": last["tokens"] / (wall.get("rollout", 0) + wall.get("pilot", 0))
+        if last.get("tokens") and wall.get("rollout") else None,
         "peak_rss_mib": done.get("peak_rss_mib"), "finished": bool(done),
         "steps": [{"tokens": s["tokens"], "reward_mean": s["reward_mean"], "truncated_frac": s["truncated_frac"],
                    "mean_len": s["step_tokens"] / max(s["step_samples"], 1), "zero_signal_frac": s.get("zero_signal_frac"),
@@ -266,21 +293,31 @@ def mean_curve(runs: list[dict]) -> list[dict]:
         out.append({"tokens": _stats([p["tokens"] for p in pts])["mean"],
                     "acc": _stats([p["acc"] for p in pts]),
                     "acc_not_truncated": _stats([p["acc_not_truncated"] for p in pts]),
-                    "eval_truncated_frac": _stats([p["eval_truncated_frac"] for p in pts])})
+                    "eval_truncated_frac": _stats([p["eval_truncated_frac"] for p in pts]),
+                    "eval_mean_len": _stats([p["eval_mean_len"] for p in pts])})
     return out
 
 
 def summarize_arm(out: Path, label: str) -> dict | None:
-    dirs = sorted((out / label).glob("seed*"), key=lambda p: int(p.name[4:]))
+    dirs = sorted((d for d in (out / label).glob("seed*") if d.is_dir()), key=lambda p: int(p.name[4:]))
     runs = {int(d.name[4:]): summarize_run(d) for d in dirs if (d / "metrics.jsonl").exists()}
     if not runs:
         return None
     rs = list(runs.values())
     first = lambda r, k: r["curve"][0][k] if r["curve"] else None  # noqa: E731
     final = lambda r, k: r["curve"][-1][k] if r["curve"] else None  # noqa: E731
+
+    def last3(r, k):  # the last three evaluations' mean: steadier than the last one alone
+        xs = [p[k] for p in r["curve"][1:][-3:] if p[k] is not None]
+        return sum(xs) / len(xs) if xs else None
+
     return {
         "seeds": runs,
         "start_acc": _stats([first(r, "acc") for r in rs]), "final_acc": _stats([final(r, "acc") for r in rs]),
+        "last3_acc": _stats([last3(r, "acc") for r in rs]),
+        "last3_acc_not_truncated": _stats([last3(r, "acc_not_truncated") for r in rs]),
+        "start_eval_mean_len": _stats([first(r, "eval_mean_len") for r in rs]),
+        "final_eval_mean_len": _stats([final(r, "eval_mean_len") for r in rs]),
         "start_acc_not_truncated": _stats([first(r, "acc_not_truncated") for r in rs]),
         "final_acc_not_truncated": _stats([final(r, "acc_not_truncated") for r in rs]),
         "start_eval_truncated": _stats([first(r, "eval_truncated_frac") for r in rs]),
@@ -289,6 +326,8 @@ def summarize_arm(out: Path, label: str) -> dict | None:
         "updates": _stats([r["updates"] for r in rs]), "evals": _stats([len(r["curve"]) for r in rs]),
         "wall_train_s": _stats([r["wall_train_s"] for r in rs]), "wall_total_s": _stats([r["wall_total_s"] for r in rs]),
         "s_per_m_step": _stats([r["s_per_m_step"] for r in rs]), "peak_rss_mib": _stats([r["peak_rss_mib"] for r in rs]),
+        "update_s_per_live_sample": _stats([r["update_s_per_live_sample"] for r in rs]),
+        "sampling_tokens_per_s": _stats([r["sampling_tokens_per_s"] for r in rs]),
         "curve": mean_curve(rs),
     }
 
@@ -312,19 +351,23 @@ def _pm(st: dict, f="{:.3f}") -> str:
 
 
 def table(summary: dict) -> str:
-    rows = ["| arm | seeds | start Average@k | final Average@k: mean ± std (min-max) over seeds | uncut answers' accuracy: "
-            "start → final | eval truncated: start → final | generated tokens (pilot) | updates | evaluations | "
-            "wall per run (train / total) | s per M-step | peak RSS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | seeds | start Average@k | final Average@k: mean ± std (min-max) over seeds | last 3 evaluations' mean | "
+            "uncut answers' accuracy: start → final (last 3) | test answers truncated / mean length: start → final | "
+            "generated tokens (pilot) | updates | evaluations | wall per run (train / total) | s per M-step "
+            "(per sample forwarded) | sampling tokens/s | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lab, s in summary["arms"].items():
         rows.append(
             f"| {lab} | {s['final_acc']['n']} | {_fmt(s['start_acc']['mean'])} | **{_pm(s['final_acc'])}** | "
-            f"{_fmt(s['start_acc_not_truncated']['mean'])} → {_pm(s['final_acc_not_truncated'])} | "
-            f"{_fmt(s['start_eval_truncated']['mean'], '{:.2f}')} → {_fmt(s['final_eval_truncated']['mean'], '{:.2f}')} | "
+            f"{_pm(s['last3_acc'])} | {_fmt(s['start_acc_not_truncated']['mean'])} → {_fmt(s['final_acc_not_truncated']['mean'])} "
+            f"({_fmt(s['last3_acc_not_truncated']['mean'])}) | "
+            f"{_fmt(s['start_eval_truncated']['mean'], '{:.0%}')} / {_fmt(s['start_eval_mean_len']['mean'], '{:.0f}')} → "
+            f"{_fmt(s['final_eval_truncated']['mean'], '{:.0%}')} / {_fmt(s['final_eval_mean_len']['mean'], '{:.0f}')} | "
             f"{_fmt(s['tokens']['mean'], '{:,.0f}')} ({_fmt(s['pilot_tokens']['mean'], '{:,.0f}')}) | "
             f"{_fmt(s['updates']['mean'], '{:.0f}')} | {_fmt(s['evals']['min'], '{:.0f}')} | "
             f"{_fmt(s['wall_train_s']['mean'], '{:.0f}')} s / {_fmt(s['wall_total_s']['mean'], '{:.0f}')} s | "
-            f"{_fmt(s['s_per_m_step']['mean'], '{:.1f}')} | {_fmt(s['peak_rss_mib']['max'], '{:,.0f}')} MiB |")
+            f"{_fmt(s['s_per_m_step']['mean'], '{:.1f}')} ({_fmt(s['update_s_per_live_sample']['mean'], '{:.2f}')}) | "
+            f"{_fmt(s['sampling_tokens_per_s']['mean'], '{:.0f}')} | {_fmt(s['peak_rss_mib']['max'], '{:,.0f}')} MiB |")
     return "\n".join(rows)
 
 
@@ -355,8 +398,9 @@ def figure(summary: dict, path: Path) -> None:
     settings = summary.get("settings", {})
     k = settings.get("eval_samples", "k")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    panels = [("acc", f"test Average@{k} (T=1)"), ("acc_not_truncated", "accuracy among uncut answers"),
-              ("eval_truncated_frac", "test answers truncated (fraction)")]
+    panels = [("acc", f"test Average@{k} (T=1, top_p {settings.get('top_p', 1.0)})"),
+              ("acc_not_truncated", "test accuracy among the answers that ended within the cap"),
+              ("eval_mean_len", "test answers: mean length (tokens)")]
     for lab, s in summary["arms"].items():
         c = COLORS.get(lab)
         one = s["final_acc"]["n"] < 2
@@ -378,11 +422,12 @@ def figure(summary: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     axes[1].set_ylabel("accuracy")
-    axes[2].set_ylabel("fraction")
+    axes[2].set_ylabel("tokens")
     h, lab = axes[0].get_legend_handles_labels()
     fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 5), fontsize=9, frameon=False)
     fig.suptitle(f"SmolLM2-135M-Instruct + LoRA on 2-digit addition/subtraction (CPU): mean over seeds, band ± 1 std; "
-                 f"{settings.get('test_size', '?')} test prompts x {k} draws, cap {settings.get('max_completion_length', '?')} tokens",
+                 f"{settings.get('eval_size') or settings.get('test_size', '?')} test prompts x {k} draw{'s' if k != 1 else ''}, "
+                 f"cap {settings.get('max_completion_length', '?')} tokens",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     atomic_savefig(fig, path, dpi=100)
@@ -585,12 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     st = summary["settings"]
     md = (f"# Real model: SmolLM2-135M-Instruct + LoRA (`python bench/realmodel_curve.py{' --smoke' if args.smoke else ' --workers 1'}`)\n\n"
-          f"Two-digit addition/subtraction, verifier `{st['verifier']}`, {st['test_size']} held-out prompts, "
-          f"Average@{st['eval_samples']} at T=1, completions capped at {st['max_completion_length']} tokens, "
+          f"Two-digit addition/subtraction, verifier `{st['verifier']}`, {st.get('eval_size') or st['test_size']} held-out prompts, "
+          f"Average@{st['eval_samples']} at T=1 (top_p {st.get('top_p', 1.0)}), completions capped at {st['max_completion_length']} tokens, "
           f"{budget:,} generated tokens per run (pilots counted; a run stops after the M-step that crosses the budget, "
           "so it may overshoot by one pilot + M-step). Final: mean ± standard deviation (min-max) over the training seeds; "
           "uncut answers: the accuracy among the test answers that ended within the cap.\n\n"
-          + table(summary) + "\n\nPer seed:\n\n" + per_seed_table(summary) + "\n")
+          + table(summary) + "\n\nPer seed:\n\n" + per_seed_table(summary) + "\n\n"
+          + ("" if args.smoke else f"## The prompt and the cap\n\n{TASK_NOTE}\n\n" + EARLIER_RUN))
     atomic_write_text(results / "realmodel_curve.md", md)
     atomic_write_text(results / "realmodel_curve.json", json.dumps(summary, indent=1))
     figure(summary, results / "realmodel_curve.png")
