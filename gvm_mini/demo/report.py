@@ -158,12 +158,21 @@ def machine() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 flags = Path("/proc/cpuinfo").read_text()
-                return line.split(":", 1)[1].strip() + (" (AVX-512)" if "avx512f" in flags else " (AVX2, no AVX-512)")
+                name = line.split(":", 1)[1].strip() + (" (AVX-512)" if "avx512f" in flags else " (AVX2, no AVX-512)")
+                return name + _kernel_isa_note("avx512f" in flags)
     except OSError:
         pass
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def _kernel_isa_note(has_avx512: bool) -> str:
+    """'' unless PyTorch's own kernels were restricted below the CPU's ISA (``ATEN_CPU_CAPABILITY=avx2``)."""
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    return f", torch kernels restricted to {cap}" if has_avx512 and cap != "AVX512" else ""
 
 
 def _fmt_reach(s: dict, name: str, fmt: str) -> str:
