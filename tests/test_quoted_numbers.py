@@ -1,5 +1,5 @@
-"""One source per number: the headline numbers quoted in README.md, docs/*.md, bench/README.md and the
-notebooks' markdown cells, each checked against the results file that produced it.
+"""One source per number: the headline numbers quoted in README.md, docs/*.md, bench/README.md, theory/*.md and
+the notebooks' markdown cells, each checked against the results file that produced it.
 
 A quote is (document, text, source, value, places). ``text`` is copied from the document with the quoted
 number in braces, e.g. ``"uniform RAFT++ 0.229 → {0.526}"``; the document must contain the text without the
@@ -7,9 +7,12 @@ braces (whitespace, including line breaks, compared as single spaces), and the n
 ``value(<loaded source>)`` to the printed precision: |quoted - source| <= half a unit of its last printed
 digit (``places`` decimals). ``{not reached}`` instead of a number means the source holds null there.
 
+A number printed with a minus sign is read without it (``-0.120`` quotes 0.120): a row's value function gives
+the number as printed, so a paired difference printed negative is ``_neg``-ed (``signed`` does that for a table
+row from the document's own signs) and a wrong sign no longer matches.
+
 Adding a results file is one line in SOURCES; its quotes are rows of QUOTES. Not here on purpose:
-bench/results/realmodel_curve.* (being rewritten) and allocation_study* / allocation_map* / paper_updates*
-(not final yet).
+bench/results/realmodel_curve.* (being rewritten), and with it allocation_study.json's ``smollm2`` task.
 """
 from __future__ import annotations
 
@@ -41,6 +44,11 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "regime_cells": lambda: _jsonl("bench/results/regime_map_cells.jsonl"),  # --cell ... --seeds 96
     "vs_trl": lambda: _jsonl("bench/results/vs_trl.jsonl"),  # python bench/vs_trl.py ...
     "qlora": lambda: _jsonl("bench/results/qlora_footprint.jsonl"),  # shape_twin_memory.py --qlora-footprint
+    "study": lambda: _json("bench/results/allocation_study.json"),  # python bench/allocation_study.py
+    "tuning": lambda: _json("bench/results/allocation_study_tuning.json"),  # allocation_study.py --tune
+    "map": lambda: _json("bench/results/allocation_map.json"),  # allocation_study.py --map
+    "paper": lambda: _json("bench/results/paper_updates.json"),  # allocation_study.py --paper
+    "ablation": lambda: _json("bench/results/allocation_ablation.json"),  # allocation_study.py --ablate
 }
 
 
@@ -230,10 +238,47 @@ def _neg(fn: Callable) -> Callable:  # a number printed after a minus sign
     return lambda d: -fn(d)
 
 
+def signed(text: str, cols: list, labels: int = 1) -> list:
+    """``cols`` for row(text, ...) with each cell's first function negated where the document prints the cell
+    with a minus sign (the sign is part of the quote: a sign flipped in the document or the source fails)."""
+    cells = [c.strip() for c in text.split("|")[1 + labels:-1]]
+    out = []
+    for c, spec in zip(cells, cols):
+        if spec is not None and c.startswith(("-", "−")):
+            fns = spec if isinstance(spec, tuple) else (spec,)
+            spec = (_neg(fns[0]), *fns[1:])
+        out.append(spec)
+    return out
+
+
+def study(task: str, alg: str, rule: str, key: str, scale: float = 1.0) -> Callable:
+    """tasks[task].by_algorithm[alg][rule][key] of allocation_study.json (and of --tune's, --ablate's files)."""
+    def get(d):
+        v = d["tasks"][task]["by_algorithm"][alg][rule][key]
+        return None if v is None else v * scale
+    return get
+
+
+def studies(tasks: tuple, rule: str, key: str, agg: Callable, scale: float = 1.0) -> Callable:
+    """agg of one rule's key over the named tasks' algorithms (e.g. the pilot's largest share of the tokens)."""
+    return lambda d: agg(r[rule][key] for t in tasks for r in d["tasks"][t]["by_algorithm"].values()) * scale
+
+
+def paper(alg: str, arm_: str, key: str) -> Callable:
+    """summary.by_algorithm[alg][arm_][key] of paper_updates.json."""
+    return lambda d: d["summary"]["by_algorithm"][alg][arm_][key]
+
+
+def amap(cell_: str, rule: str, key: str) -> Callable:
+    """cells[cell_][rule][key] of allocation_map.json."""
+    return lambda d: d["cells"][cell_][rule][key]
+
+
 # --------------------------------------------------------------------------------------------- quotes
 
 R, DEMO, BENCH, GPU = "README.md", "docs/demo.md", "bench/README.md", "docs/gpu.md"
 NB01, NB02, NB03 = "notebooks/01_allocation.ipynb", "notebooks/02_synthetic_em.ipynb", "notebooks/03_tiny_lm.ipynb"
+THEORY_ROBUST = "theory/gvm_robust.md"
 
 DEMO_ROWS = {  # the demo's main table, in README.md and docs/demo.md
     "RAFT++": "| RAFT++ | 0.229 | 0.526 ± 0.013 | 0.483 ± 0.034 | 151,543 (0) | 34.0 | 131,910 | 29.9 | 0.1% |",
@@ -416,6 +461,92 @@ def _lab_history(d: dict) -> list[dict]:
 
 PILOT_ARMS = ("GVM-RAFT++", "Filter-RAFT++", "GVM-GRPO", "Filter-GRPO")
 _share = lambda d, agg: agg(d["methods"][a]["gvm_stage_share_of_train_wall"] for a in PILOT_ARMS) * 100  # noqa: E731
+
+STUDY_RULES = ("gvm", "gvm_robust", "knapsack+history", "filter_extremes")  # the study's columns after uniform
+STUDY_TASKS = ("rules", "chains", "rules-extremes", "synthetic")  # named: the smollm2 task is not final yet
+LM_TASKS, RULE_TASKS = STUDY_TASKS[:3], ("rules", "rules-extremes")
+STUDY_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rule
+    ("rules", "RAFT++", "| rules (tuning) | RAFT++ | 0.590 | -0.120 ± 0.038 | -0.004 ± 0.007 | -0.014 ± 0.005 | -0.101 ± 0.034 |"),
+    ("rules", "GRPO", "| rules (tuning) | GRPO | 0.533 | -0.045 ± 0.021 | -0.040 ± 0.010 | -0.013 ± 0.014 | -0.058 ± 0.043 |"),
+    ("chains", "RAFT++", "| chains | RAFT++ | 0.337 | -0.013 ± 0.018 | -0.003 ± 0.023 | -0.004 ± 0.010 | +0.007 ± 0.011 |"),
+    ("chains", "GRPO", "| chains | GRPO | 0.315 | +0.005 ± 0.022 | +0.017 ± 0.016 | +0.002 ± 0.023 | +0.022 ± 0.013 |"),
+    ("rules-extremes", "RAFT++", "| rules-extremes | RAFT++ | 0.473 | -0.027 ± 0.003 | +0.015 ± 0.013 | -0.003 ± 0.006 | -0.085 ± 0.013 |"),
+    ("rules-extremes", "GRPO", "| rules-extremes | GRPO | 0.442 | -0.025 ± 0.011 | -0.018 ± 0.014 | +0.015 ± 0.011 | -0.040 ± 0.018 |"),
+    ("synthetic", "Lemma-1 SGD", "| synthetic (-L) | Lemma-1 SGD | -1.572 | -0.007 ± 0.015 | -0.040 ± 0.055 | -0.004 ± 0.024 | -0.009 ± 0.022 |"),
+]
+MAP_ROWS = [  # bench/README.md: uniform final | paired diff of each rule (one seed: no SE)
+    "| 2/8 extreme, ~2 epochs | 0.540 | -0.142 | -0.007 | -0.004 | -0.076 |",
+    "| 2/8 extreme, ~12 epochs | 0.446 | -0.053 | -0.014 | +0.009 | -0.040 |",
+    "| 6/8 extreme, ~2 epochs | 0.492 | -0.022 | -0.004 | +0.010 | -0.100 |",
+    "| 6/8 extreme, ~12 epochs | 0.370 | +0.061 | +0.039 | +0.075 | -0.020 |",
+]
+PAPER_ROWS = [  # bench/README.md: updates per M-step | acc at 23 M-steps | final acc | paired diff (— for uniform)
+    ("RAFT++", "uniform", "| RAFT++ | uniform | 8.0 | 0.471 ± 0.033 | 0.525 ± 0.015 | — |"),
+    ("RAFT++", "gvm", "| RAFT++ | paper GVM, fair updates | 8.5 | 0.384 ± 0.002 | 0.398 ± 0.000 | -0.127 ± 0.015 |"),
+    ("RAFT++", "gvm-fork-updates",
+     "| RAFT++ | paper GVM, the fork's updates (`mini_batch_unit: fork`) | 65.2 | 0.519 ± 0.007 | 0.516 ± 0.008 | -0.008 ± 0.023 |"),
+    ("RAFT++", "uniform-same-updates",
+     "| RAFT++ | uniform with the same updates (mini-batch 4) | 64.0 | 0.555 ± 0.008 | 0.547 ± 0.006 | +0.022 ± 0.009 |"),
+    ("GRPO", "uniform", "| GRPO | uniform | 8.0 | 0.439 ± 0.007 | 0.464 ± 0.002 | — |"),
+    ("GRPO", "gvm", "| GRPO | paper GVM, fair updates | 8.6 | 0.404 ± 0.003 | 0.404 ± 0.005 | -0.060 ± 0.003 |"),
+    ("GRPO", "gvm-fork-updates", "| GRPO | paper GVM, the fork's updates | 64.3 | 0.436 ± 0.021 | 0.435 ± 0.021 | -0.029 ± 0.023 |"),
+    ("GRPO", "uniform-same-updates", "| GRPO | uniform with the same updates | 64.0 | 0.430 ± 0.005 | 0.421 ± 0.011 | -0.044 ± 0.013 |"),
+]
+NB03_PAPER_ROWS = [  # notebooks/03: RAFT++, updates per M-step | accuracy at 23 M-steps
+    ("uniform", "| uniform | 8.0 | 0.471 ± 0.033 |"),
+    ("gvm", "| paper GVM, equal updates | 8.5 | 0.384 ± 0.002 |"),
+    ("gvm-fork-updates", "| paper GVM, the fork's updates | 65.2 | 0.519 ± 0.007 |"),
+    ("uniform-same-updates", "| uniform with the same updates | 64.0 | 0.555 ± 0.008 |"),
+]
+
+
+def _study_row(task: str, alg: str, text: str) -> list[Quote]:
+    cols = [study(task, alg, "uniform", "final_mean")]
+    cols += [(study(task, alg, r, "paired_diff"), study(task, alg, r, "paired_se")) for r in STUDY_RULES]
+    return row(BENCH, text, "study", signed(text, cols, labels=2), labels=2)
+
+
+def _study_rows() -> list[Quote]:
+    out = [qt for task, alg, text in STUDY_ROWS for qt in _study_row(task, alg, text)]
+    for text in MAP_ROWS:
+        c = text.split("|")[1].strip()
+        cols = [amap(c, "uniform", "final_mean")] + [amap(c, r, "paired_diff") for r in STUDY_RULES]
+        out += row(BENCH, text, "map", signed(text, cols))
+    for alg, a, text in PAPER_ROWS:
+        cols = [paper(alg, a, "updates_per_m_step"),
+                (paper(alg, a, "acc_at_equal_m_steps"), paper(alg, a, "acc_at_equal_m_steps_se")),
+                (paper(alg, a, "final_mean"), paper(alg, a, "final_se")),
+                None if a == "uniform" else (paper(alg, a, "paired_diff"), paper(alg, a, "paired_se"))]
+        out += row(BENCH, text, "paper", signed(text, cols, labels=2), labels=2)
+    for a, text in NB03_PAPER_ROWS:
+        out += row(NB03, text, "paper", [paper("RAFT++", a, "updates_per_m_step"),
+                                         (paper("RAFT++", a, "acc_at_equal_m_steps"), paper("RAFT++", a, "acc_at_equal_m_steps_se"))])
+    return out
+
+
+def _map_pilot_rules(agg: Callable) -> Callable:  # the map's best cell, the rules with a pilot (filter: none)
+    return lambda d: agg(d["cells"]["6/8 extreme, ~12 epochs"][r]["paired_diff"] for r in STUDY_RULES[:3])
+
+
+def _updates_x(alg: str) -> Callable:  # "uniform with 8x updates": its updates per M-step over uniform's
+    return lambda d: paper(alg, "uniform-same-updates", "updates_per_m_step")(d) / paper(alg, "uniform", "updates_per_m_step")(d)
+
+
+def _grid(agg: Callable, key: str) -> Callable:  # the --tune grid's range of one setting
+    return lambda d: agg(o[key] for o in d["grid"].values() if key in o)
+
+
+def _tuning_best(key: str) -> Callable:  # the --tune arm it chose
+    return lambda d: study("rules (tuning)", "RAFT++", d["best"], key)(d)
+
+
+def _ablation(a: str, key: str) -> Callable:
+    return study("rules (ablation)", "RAFT++", a, key)
+
+
+def _rules_raftpp_se(agg: Callable) -> Callable:  # the study's paired SEs for RAFT++ on the rule task
+    return lambda d: agg(r["paired_se"] for k, r in d["tasks"]["rules"]["by_algorithm"]["RAFT++"].items() if k != "uniform")
+
 
 QUOTES: list[Quote] = [
     # ---- the demo's table (docs/demo/summary.json), in README.md and docs/demo.md
@@ -603,6 +734,119 @@ QUOTES: list[Quote] = [
     *q(NB03, "GVM makes {23} M-steps where uniform makes 34", "demo", arm("GVM-RAFT++", "m_steps"), 0),
     *q(NB03, "({0.39} against 0.48 for RAFT++)", "demo", arm("GVM-RAFT++", "acc_at_equal_m_steps_mean"), 2),
     *q(NB03, "(0.39 against {0.48} for RAFT++)", "demo", arm("RAFT++", "acc_at_equal_m_steps_mean"), 2),
+    # ---- the allocation study (allocation_study.py) and its --tune, --map, --paper, --ablate runs: tables
+    *_study_rows(),
+    # ---- README.md
+    *q(R, "are the study's ({3} warm starts: RAFT++", "study", lambda d: len(d["warm_starts"]), 0),
+    *q(R, "(3 warm starts: RAFT++ -{0.004} ± 0.007, GRPO", "study", _neg(study("rules", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(R, "(3 warm starts: RAFT++ -0.004 ± {0.007}, GRPO", "study", study("rules", "RAFT++", "gvm_robust", "paired_se"), 3),
+    *q(R, "0.007, GRPO -{0.040} ± 0.010 against uniform", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(R, "0.007, GRPO -0.040 ± {0.010} against uniform", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "on 4 tasks x {3} warm starts", "study", lambda d: len(d["warm_starts"]), 0),
+    *q(R, "rules-extremes RAFT++ (+{0.015} ± 0.013, uniform's", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_diff"), 3),
+    *q(R, "rules-extremes RAFT++ (+0.015 ± {0.013}, uniform's", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_se"), 3),
+    *q(R, "uniform's final at {0.69}x its tokens", "study", study("rules-extremes", "RAFT++", "gvm_robust", "token_ratio"), 2),
+    *q(R, "on the rule tasks (-{0.040} ± 0.010, -0.018", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(R, "on the rule tasks (-0.040 ± {0.010}, -0.018", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "± 0.010, -{0.018} ± 0.014).", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(R, "± 0.010, -0.018 ± {0.014}).", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "~12 epochs: +{0.04} to +0.08 over uniform", "map", _map_pilot_rules(min), 2),
+    *q(R, "~12 epochs: +0.04 to +{0.08} over uniform", "map", _map_pilot_rules(max), 2),
+    *q(R, "On the demo (RAFT++, {2} seeds, at 23 M-steps)", "paper", lambda d: len(d["seeds"]), 0),
+    *q(R, "turns the paper's rule from {0.384} into", "paper", paper("RAFT++", "gvm", "acc_at_equal_m_steps"), 3),
+    *q(R, "into **{0.519} against uniform's 0.471**", "paper", paper("RAFT++", "gvm-fork-updates", "acc_at_equal_m_steps"), 3),
+    *q(R, "into **0.519 against uniform's {0.471}**", "paper", paper("RAFT++", "uniform", "acc_at_equal_m_steps"), 3),
+    *q(R, "uniform given the same {8}x updates", "paper", _updates_x("RAFT++"), 0),
+    *q(R, "the same 8x updates reaches {0.555}:", "paper", paper("RAFT++", "uniform-same-updates", "acc_at_equal_m_steps"), 3),
+    *q(R, "(GRPO: {0.436} vs 0.439, uniform", "paper", paper("GRPO", "gvm-fork-updates", "acc_at_equal_m_steps"), 3),
+    *q(R, "(GRPO: 0.436 vs {0.439}, uniform", "paper", paper("GRPO", "uniform", "acc_at_equal_m_steps"), 3),
+    *q(R, "uniform with {8}x updates 0.430;", "paper", _updates_x("GRPO"), 0),
+    *q(R, "uniform with 8x updates {0.430};", "paper", paper("GRPO", "uniform-same-updates", "acc_at_equal_m_steps"), 3),
+    # ---- bench/README.md: the study
+    *q(BENCH, "the same number of generated tokens ({150}k, pilots counted)", "study", lambda d: d["tasks"]["rules"]["grid_tokens"][-1] / 1000, 0),
+    *q(BENCH, "mean ± standard error over {3} warm starts", "study", lambda d: len(d["warm_starts"]), 0),
+    *q(BENCH, "this 2-core AMD EPYC (AVX-512), {54} min.", "study", lambda d: sum(d["tasks"][t]["wall_seconds"] for t in STUDY_TASKS) / 60, 0),
+    *q(BENCH, "(`--tune`: floor {1} or 2, cap 2x or 4x", "tuning", _grid(min, "robust_floor"), 0),
+    *q(BENCH, "(`--tune`: floor 1 or {2}, cap 2x or 4x", "tuning", _grid(max, "robust_floor"), 0),
+    *q(BENCH, "floor 1 or 2, cap {2}x or 4x uniform", "tuning", _grid(min, "robust_cap_factor"), 0),
+    *q(BENCH, "floor 1 or 2, cap 2x or {4}x uniform", "tuning", _grid(max, "robust_cap_factor"), 0),
+    *q(BENCH, "per-prompt M-step, RAFT++, {3} warm starts;", "tuning", lambda d: len(d["warm_starts"]), 0),
+    *q(BENCH, "): floor {2}, cap 2x, `prompt_weighting: prompt`, committed", "study", lambda d: d["preregistered"]["robust_floor"], 0),
+    *q(BENCH, "): floor 2, cap {2}x, `prompt_weighting: prompt`, committed", "study", lambda d: d["preregistered"]["robust_cap_factor"], 0),
+    *q(BENCH, "The best of the grid tied uniform (-{0.004} ± 0.007)", "tuning", _neg(_tuning_best("paired_diff")), 3),
+    *q(BENCH, "The best of the grid tied uniform (-0.004 ± {0.007})", "tuning", _tuning_best("paired_se"), 3),
+    *q(BENCH, "on rules GRPO (-{0.040} ± 0.010, in-sample)", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "on rules GRPO (-0.040 ± {0.010}, in-sample)", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(BENCH, "rules-extremes GRPO (-{0.018} ± 0.014, -1.3 SE)", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "rules-extremes GRPO (-0.018 ± {0.014}, -1.3 SE)", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(BENCH, "rules-extremes GRPO (-0.018 ± 0.014, -{1.3} SE)", "study",
+       lambda d: -study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")(d) / study("rules-extremes", "GRPO", "gvm_robust", "paired_se")(d), 1),
+    *q(BENCH, "RAFT++ at {0.69}x its tokens, 103k of 150k)", "study", study("rules-extremes", "RAFT++", "gvm_robust", "token_ratio"), 2),
+    *q(BENCH, "RAFT++ at 0.69x its tokens, {103}k of 150k)", "study", study("rules-extremes", "RAFT++", "gvm_robust", "tokens_to_uniform_final", 1e-3), 0),
+    *q(BENCH, "RAFT++ at 0.69x its tokens, 103k of {150}k)", "study", study("rules-extremes", "RAFT++", "uniform", "tokens_to_uniform_final", 1e-3), 0),
+    *q(BENCH, "RAFT++ yes (-{0.004} vs -0.014)", "study", _neg(study("rules", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "RAFT++ yes (-0.004 vs -{0.014})", "study", _neg(study("rules", "RAFT++", "knapsack+history", "paired_diff")), 3),
+    *q(BENCH, "GRPO no (-{0.040} vs -0.013)", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "GRPO no (-0.040 vs -{0.013})", "study", _neg(study("rules", "GRPO", "knapsack+history", "paired_diff")), 3),
+    *q(BENCH, "(RAFT++ {0.377} at the start, 0.337 at 150k tokens", "study", study("chains", "RAFT++", "uniform", "start"), 3),
+    *q(BENCH, "(RAFT++ 0.377 at the start, {0.337} at 150k tokens", "study", study("chains", "RAFT++", "uniform", "final_mean"), 3),
+    *q(BENCH, "(RAFT++ 0.377 at the start, 0.337 at {150}k tokens", "study", lambda d: d["tasks"]["chains"]["grid_tokens"][-1] / 1000, 0),
+    *q(BENCH, "at 150k tokens; GRPO {0.315})", "study", study("chains", "GRPO", "uniform", "final_mean"), 3),
+    *q(BENCH, "the paper's pilot takes {31}", "study", studies(LM_TASKS, "gvm", "pilot_token_share", min, 100), 0),
+    *q(BENCH, "of the tokens and {23}-25% of training wall time", "study", studies(LM_TASKS, "gvm", "estimation_wall_share", min, 100), 0),
+    *q(BENCH, "of the tokens and 23-{25}% of training wall time", "study", studies(LM_TASKS, "gvm", "estimation_wall_share", max, 100), 0),
+    *q(BENCH, "`gvm_robust` {14}% of tokens", "study", studies(RULE_TASKS, "gvm_robust", "pilot_token_share", min, 100), 0),
+    *q(BENCH, "`gvm_robust` {14}% of tokens", "study", studies(RULE_TASKS, "gvm_robust", "pilot_token_share", max, 100), 0),
+    *q(BENCH, "and {8}-9% of wall time on the rule tasks", "study", studies(RULE_TASKS, "gvm_robust", "estimation_wall_share", min, 100), 0),
+    *q(BENCH, "and 8-{9}% of wall time on the rule tasks", "study", studies(RULE_TASKS, "gvm_robust", "estimation_wall_share", max, 100), 0),
+    # ---- bench/README.md: --ablate (RAFT++ on the demo task; every arm's paired difference and SE)
+    *q(BENCH, "On the demo task (RAFT++, {2} warm starts, 150k tokens;", "ablation", lambda d: len(d["warm_starts"]), 0),
+    *q(BENCH, "On the demo task (RAFT++, 2 warm starts, {150}k tokens;", "ablation",
+       lambda d: d["tasks"]["rules (ablation)"]["grid_tokens"][-1] / 1000, 0),
+    *q(BENCH, "full rule +{0.001} ± 0.008;", "ablation", _ablation("gvm_robust", "paired_diff"), 3),
+    *q(BENCH, "full rule +0.001 ± {0.008};", "ablation", _ablation("gvm_robust", "paired_se"), 3),
+    *q(BENCH, "no floor -{0.018} ± 0.002;", "ablation", _neg(_ablation("no floor", "paired_diff")), 3),
+    *q(BENCH, "no floor -0.018 ± {0.002};", "ablation", _ablation("no floor", "paired_se"), 3),
+    *q(BENCH, "no cap -{0.032} ± 0.006;", "ablation", _neg(_ablation("no cap", "paired_diff")), 3),
+    *q(BENCH, "no cap -0.032 ± {0.006};", "ablation", _ablation("no cap", "paired_se"), 3),
+    *q(BENCH, "instead of the Beta posterior -{0.013} ± 0.008;", "ablation", _neg(_ablation("paper estimates", "paired_diff")), 3),
+    *q(BENCH, "instead of the Beta posterior -0.013 ± {0.008};", "ablation", _ablation("paper estimates", "paired_se"), 3),
+    *q(BENCH, "(the paper's) -{0.052} ± 0.019;", "ablation", _neg(_ablation("fresh pilot, not trained on", "paired_diff")), 3),
+    *q(BENCH, "(the paper's) -0.052 ± {0.019};", "ablation", _ablation("fresh pilot, not trained on", "paired_se"), 3),
+    *q(BENCH, "pilots not trained on -{0.022} ± 0.002.", "ablation", _neg(_ablation("history, pilots not trained on", "paired_diff")), 3),
+    *q(BENCH, "pilots not trained on -0.022 ± {0.002}.", "ablation", _ablation("history, pilots not trained on", "paired_se"), 3),
+    # ---- bench/README.md: --map (the study's SEs it cites: RAFT++ on the rule task, every rule against uniform)
+    *q(BENCH, "the study's standard errors for such differences are {0.005}-0.04", "study", _rules_raftpp_se(min), 3),
+    *q(BENCH, "the study's standard errors for such differences are 0.005-{0.04}", "study", _rules_raftpp_se(max), 2),
+    *q(BENCH, "~12 epochs: +{0.04} to +0.08 for the pilot-based rules", "map", _map_pilot_rules(min), 2),
+    *q(BENCH, "~12 epochs: +0.04 to +{0.08} for the pilot-based rules", "map", _map_pilot_rules(max), 2),
+    # ---- bench/README.md: --paper
+    *q(BENCH, "(shipped warm start, {2} seeds, 150k tokens; mean ± SE over seeds;", "paper", lambda d: len(d["seeds"]), 0),
+    *q(BENCH, "(shipped warm start, 2 seeds, {150}k tokens; mean ± SE over seeds;", "paper",
+       lambda d: d["summary"]["grid_tokens"][-1] / 1000, 0),
+    *q(BENCH, "ahead of fair uniform, {0.519} vs 0.471)", "paper", paper("RAFT++", "gvm-fork-updates", "acc_at_equal_m_steps"), 3),
+    *q(BENCH, "ahead of fair uniform, 0.519 vs {0.471})", "paper", paper("RAFT++", "uniform", "acc_at_equal_m_steps"), 3),
+    *q(BENCH, "is further ahead still ({0.555})", "paper", paper("RAFT++", "uniform-same-updates", "acc_at_equal_m_steps"), 3),
+    # ---- theory/gvm_robust.md
+    *q(THEORY_ROBUST, "(commit 0f3e706): floor {2}, cap 2x the uniform share", "study", lambda d: d["preregistered"]["robust_floor"], 0),
+    *q(THEORY_ROBUST, "(commit 0f3e706): floor 2, cap {2}x the uniform share", "study",
+       lambda d: d["preregistered"]["robust_cap_factor"], 0),
+    *q(THEORY_ROBUST, "at an extreme (+{0.015} ± 0.013)", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_diff"), 3),
+    *q(THEORY_ROBUST, "at an extreme (+0.015 ± {0.013})", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_se"), 3),
+    *q(THEORY_ROBUST, "(-{0.040} ± 0.010 in-sample,", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(THEORY_ROBUST, "(-0.040 ± {0.010} in-sample,", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(THEORY_ROBUST, "-{0.018} ± 0.014 held out)", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(THEORY_ROBUST, "-0.018 ± {0.014} held out)", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    # ---- notebooks/03 (its table is in _study_rows)
+    *q(NB03, "On this task (shipped warm start, {2} seeds, mean ± SE;", "paper", lambda d: len(d["seeds"]), 0),
+    *q(NB03, "(GRPO: {0.436} ± 0.021 against", "paper", paper("GRPO", "gvm-fork-updates", "acc_at_equal_m_steps"), 3),
+    *q(NB03, "(GRPO: 0.436 ± {0.021} against", "paper", paper("GRPO", "gvm-fork-updates", "acc_at_equal_m_steps_se"), 3),
+    *q(NB03, "against uniform's {0.439} ± 0.007, and", "paper", paper("GRPO", "uniform", "acc_at_equal_m_steps"), 3),
+    *q(NB03, "against uniform's 0.439 ± {0.007}, and", "paper", paper("GRPO", "uniform", "acc_at_equal_m_steps_se"), 3),
+    *q(NB03, "and {0.430} ± 0.005 for uniform with 8x updates.", "paper", paper("GRPO", "uniform-same-updates", "acc_at_equal_m_steps"), 3),
+    *q(NB03, "and 0.430 ± {0.005} for uniform with 8x updates.", "paper",
+       paper("GRPO", "uniform-same-updates", "acc_at_equal_m_steps_se"), 3),
+    *q(NB03, "and 0.430 ± 0.005 for uniform with {8}x updates.", "paper", _updates_x("GRPO"), 0),
 ]
 
 
@@ -636,7 +880,8 @@ def _mutate(number: str) -> str:
     return number[:i] + str((int(number[i]) + 1) % 10) + number[i + 1:]
 
 
-@pytest.mark.parametrize("quote", [QUOTES[1], next(qt for qt in QUOTES if qt.source == "vs_trl")], ids=_id)
+@pytest.mark.parametrize("quote", [QUOTES[1], *(next(qt for qt in QUOTES if qt.source == s) for s in SOURCES if s != "demo")],
+                         ids=_id)
 def test_a_planted_mismatch_fails(quote):
     """One digit changed in a copy of the document: the quote is no longer found; the same digit changed in the
     quote as well: the number no longer matches its source."""
@@ -649,6 +894,23 @@ def test_a_planted_mismatch_fails(quote):
         check(quote, planted)
     with pytest.raises(AssertionError, match="gives"):
         check(wrong, planted)
+
+
+def test_a_flipped_sign_fails():
+    """The sign of a paired difference is checked: the study's first row with '-0.120' printed '+0.120' still reads
+    0.120 but no longer matches allocation_study.json's -0.120; the real row passes."""
+    task, alg, text = STUDY_ROWS[0]
+    flipped = text.replace("| -0.120 ", "| +0.120 ")
+    assert flipped != text
+    for quote in _study_row(task, alg, text):
+        check(quote)
+    errors = []
+    for quote in _study_row(task, alg, flipped):
+        try:
+            check(quote, flipped)
+        except AssertionError as e:
+            errors.append(str(e))
+    assert len(errors) == 1 and "gives -0.12" in errors[0], errors
 
 
 def test_rounding_rule():
