@@ -280,21 +280,26 @@ def _stats(xs: list) -> dict:
             "min": float(min(xs)), "max": float(max(xs)), "n": len(xs)}
 
 
-def mean_curve(runs: list[dict]) -> list[dict]:
-    """The seeds' curves point by point (the i-th evaluation of every seed; the seeds' last evaluations,
-    at their budget's end, form the last point): mean tokens, accuracy and uncut accuracy mean, std, min, max."""
+def mean_curve(runs: list[dict], points: int = 12) -> list[dict]:
+    """The seeds' curves on one token grid (``points`` from 0 to the budget the shortest run reached; each
+    seed's evaluations interpolated linearly in tokens, since seeds evaluate at different token counts):
+    accuracy, uncut accuracy, truncation and answer length per grid point, as mean, std, min, max over seeds."""
+    import numpy as np
+
+    runs = [r for r in runs if r["curve"]]
     if not runs:
         return []
-    n = min(len(r["curve"]) for r in runs)
-    idx = [[i] * len(runs) for i in range(n - 1)] + [[len(r["curve"]) - 1 for r in runs]]
+    grid = np.linspace(0.0, min(r["curve"][-1]["tokens"] for r in runs), points)
     out = []
-    for ii in idx:
-        pts = [r["curve"][i] for r, i in zip(runs, ii)]
-        out.append({"tokens": _stats([p["tokens"] for p in pts])["mean"],
-                    "acc": _stats([p["acc"] for p in pts]),
-                    "acc_not_truncated": _stats([p["acc_not_truncated"] for p in pts]),
-                    "eval_truncated_frac": _stats([p["eval_truncated_frac"] for p in pts]),
-                    "eval_mean_len": _stats([p["eval_mean_len"] for p in pts])})
+    for t in grid:
+        row = {"tokens": float(t)}
+        for key in ("acc", "acc_not_truncated", "eval_truncated_frac", "eval_mean_len"):
+            vals = []
+            for r in runs:
+                pts = [(p["tokens"], p[key]) for p in r["curve"] if p[key] is not None]
+                vals.append(float(np.interp(t, [x for x, _ in pts], [y for _, y in pts])) if pts else None)
+            row[key] = _stats(vals)
+        out.append(row)
     return out
 
 
