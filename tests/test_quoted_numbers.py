@@ -39,6 +39,7 @@ def _jsonl(rel: str) -> list:
 #: source name -> loader of the results file that produced the numbers (one line per file)
 SOURCES: dict[str, Callable[[], Any]] = {
     "demo": lambda: _json("docs/demo/summary.json"),  # python -m gvm_mini demo: rules task, 3 seeds
+    "chains": lambda: _json("docs/demo/chains/summary.json"),  # python -m gvm_mini demo --task chains, 3 seeds
     "lab": lambda: _json("bench/results/allocation_lab.json"),  # python bench/allocation_lab.py, 2 seeds
     "regime_map": lambda: _json("bench/results/regime_map.json"),  # python bench/regime_map.py --seeds 24
     "regime_cells": lambda: _jsonl("bench/results/regime_map_cells.jsonl"),  # --cell ... --seeds 96
@@ -689,6 +690,19 @@ QUOTES: list[Quote] = [
     *q(DEMO, "ends at 0.508 ± 0.034 against uniform's {0.525} ± 0.015", "lab", arm("uniform", "final_acc_mean"), 3),
     *q(DEMO, "({0.536} ± 0.001) or `reuse` (0.531)", "lab", arm("Knapsack+history", "final_acc_mean"), 3),
     *q(DEMO, "(0.536 ± 0.001) or `reuse` ({0.531})", "lab", arm("Knapsack+reuse", "final_acc_mean"), 3),
+    # ---- docs/demo.md: the chains counter-example (docs/demo/chains/summary.json)
+    *q(DEMO, "four\narms x {3} seeds, 150k tokens per run", "chains", lambda d: len(d["seeds"]), 0),
+    *q(DEMO, "four\narms x 3 seeds, {150}k tokens per run", "chains", lambda d: d["budget_tokens"] / 1000, 0),
+    *q(DEMO, "(stored result, {3} seeds: 0.388 at the start", "chains", lambda d: len(d["seeds"]), 0),
+    *q(DEMO, "(stored result, 3 seeds: {0.388} at the start", "chains", arm("RAFT++", "start_acc"), 3),
+    *q(DEMO, "RAFT++ {0.382} ± 0.011,\nGVM-RAFT++", "chains", arm("RAFT++", "final_acc_mean"), 3),
+    *q(DEMO, "RAFT++ 0.382 ± {0.011},\nGVM-RAFT++", "chains", arm("RAFT++", "final_acc_std"), 3),
+    *q(DEMO, "GVM-RAFT++ {0.343} ± 0.005, GRPO 0.371", "chains", arm("GVM-RAFT++", "final_acc_mean"), 3),
+    *q(DEMO, "GVM-RAFT++ 0.343 ± {0.005}, GRPO 0.371", "chains", arm("GVM-RAFT++", "final_acc_std"), 3),
+    *q(DEMO, "GRPO {0.371} ± 0.004, GVM-GRPO", "chains", arm("GRPO", "final_acc_mean"), 3),
+    *q(DEMO, "GRPO 0.371 ± {0.004}, GVM-GRPO", "chains", arm("GRPO", "final_acc_std"), 3),
+    *q(DEMO, "GVM-GRPO {0.351} ± 0.005 at 150k tokens", "chains", arm("GVM-GRPO", "final_acc_mean"), 3),
+    *q(DEMO, "GVM-GRPO 0.351 ± {0.005} at 150k tokens", "chains", arm("GVM-GRPO", "final_acc_std"), 3),
     # ---- bench/README.md: the allocation lab's table and prose
     *[qt for name, text in LAB_ROWS.items() for qt in row(BENCH, text, "lab", summary_cols(name))],
     *q(BENCH, "`python bench/allocation_lab.py` ({17} min", "lab", lambda d: d["wall_seconds"] / 60, 0),
@@ -933,6 +947,14 @@ QUOTES: list[Quote] = [
     *q(THEORY_ROBUST, "(-0.040 ± {0.010} in-sample,", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
     *q(THEORY_ROBUST, "-{0.018} ± 0.014 held out)", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
     *q(THEORY_ROBUST, "-0.018 ± {0.014} held out)", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    # ---- notebooks/03: the chains counter-example
+    *q(NB03, "(RAFT++ {0.382} against\n0.343 for GVM-RAFT++", "chains", arm("RAFT++", "final_acc_mean"), 3),
+    *q(NB03, "(RAFT++ 0.382 against\n{0.343} for GVM-RAFT++", "chains", arm("GVM-RAFT++", "final_acc_mean"), 3),
+    *q(NB03, "GRPO {0.371} against 0.351, from 0.388", "chains", arm("GRPO", "final_acc_mean"), 3),
+    *q(NB03, "GRPO 0.371 against {0.351}, from 0.388", "chains", arm("GVM-GRPO", "final_acc_mean"), 3),
+    *q(NB03, "against 0.351, from {0.388} at the start", "chains", arm("GVM-GRPO", "start_acc"), 3),
+    *q(NB03, "Its stored result ({3} seeds, 150k", "chains", lambda d: len(d["seeds"]), 0),
+    *q(NB03, "Its stored result (3 seeds, {150}k", "chains", lambda d: d["budget_tokens"] / 1000, 0),
     # ---- notebooks/03 (its table is in _study_rows)
     *q(NB03, "On this task (shipped warm start, {2} seeds, mean ± SE;", "paper", lambda d: len(d["seeds"]), 0),
     *q(NB03, "(GRPO: {0.436} ± 0.021 against", "paper", paper("GRPO", "gvm-fork-updates", "acc_at_equal_m_steps"), 3),
