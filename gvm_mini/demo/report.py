@@ -139,7 +139,7 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: in
             if lab != base:
                 summary["methods"][lab][f"{name}_ratio_vs_baseline"] = (
                     reach[base] / reach[lab] if reach[base] and reach[lab] else None)
-    if rule_of is None:  # the demo's six arms; experiments with other arms make their own figures
+    if rule_of is None:  # the demo's arms; experiments with other arms make their own figures
         _plot_curves(out, runs, labels, seeds, budget, plt, X_AXES)
         if families:
             _plot_families(out, runs, labels, families, budget, plt)
@@ -237,8 +237,9 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
             ax.set_xlabel(X_AXES[x][1])
             ax.set_ylabel("test Average@4")
             ax.grid(alpha=0.3)
-        row[0].legend(loc="lower right", fontsize=8)
-        row[0].set_title(f"{algo}: uniform, GVM, filter, gvm_robust against tokens", fontsize=10)
+        row[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)  # beside, not over, the curves
+        names = ["uniform" if lab == algo else lab.split("-", 1)[0] for lab in arms]
+        row[0].set_title(f"{algo}: {', '.join(names)} against tokens", fontsize=10)
         row[1].set_title("against training wall time", fontsize=10)
         row[2].set_title("against M-steps (the paper's x-axis: pilots free)", fontsize=10)
     fig.suptitle(f"Test accuracy during RL, mean ± std over {len(seeds)} seeds (dotted: start)")
@@ -290,9 +291,9 @@ def _plot_allocation_by_family(run_dir: Path, path: Path, families: list[str], p
                        label=f"{f} ({RULE_FAMILIES.get(f, '?')}): {100 * np.mean(n[sel] == 0):.0f}% get 0")
     else:
         sc = ax.scatter(p + jitter, n, c=d, cmap="viridis", s=14)
-        fig.colorbar(sc, ax=ax, label="difficulty")
+        fig.colorbar(sc, ax=ax, label="difficulty (operands x digits)")
     ax.axhline(8, color="black", ls="--", lw=1, label="uniform: 8 per prompt")
-    ax.legend(fontsize=7, ncol=2, title="family: share of its prompts with n_i = 0", title_fontsize=7)
+    ax.legend(fontsize=7, ncol=2, title="family: share of its prompts with n_i = 0" if families else None, title_fontsize=7)
     ax.set_xlabel("pilot acceptance rate p_i (N' = 4 pilots)")
     ax.set_ylabel("allocated samples n_i")
     ax.set_title(f"Proposition-1 allocation, {run_dir.name}: every prompt of every iteration")
