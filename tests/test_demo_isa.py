@@ -15,11 +15,12 @@ demo_isa = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(demo_isa)
 
 
-def _summary(machine, raft, gvm):
-    arm = lambda xs: {"start_acc": 0.2, "final_acc_seeds": xs, "final_acc_mean": sum(xs) / len(xs),  # noqa: E731
-                      "final_acc_std": 0.0}
+def _summary(machine, raft, gvm, grpo=(0.3, 0.3, 0.3)):
+    arm = lambda xs, alg, rule: {"start_acc": 0.2, "final_acc_seeds": list(xs), "final_acc_mean": sum(xs) / len(xs),  # noqa: E731
+                                 "final_acc_std": 0.0, "algorithm": alg, "allocation": rule}
     return {"machine": machine, "seeds": [0, 1, 2], "budget_tokens": 1000,
-            "methods": {"RAFT++": arm(raft), "GVM-RAFT++": arm(gvm)}}
+            "methods": {"RAFT++": arm(raft, "raftpp", "uniform"), "GVM-RAFT++": arm(gvm, "raftpp", "gvm"),
+                        "GRPO": arm(grpo, "grpo", "uniform")}}
 
 
 def test_compare_by_hand():
@@ -33,8 +34,9 @@ def test_compare_by_hand():
     sd = ((0.02 + 0.02 / 3) ** 2 + (-0.04 + 0.02 / 3) ** 2 + (0.02 / 3) ** 2) / 2
     assert r["diff_se"] == pytest.approx((sd / 3) ** 0.5)
     assert r["diff_max_abs"] == pytest.approx(0.04)
-    g = cmp["arms"]["GVM-RAFT++"]["gap_to_uniform_raftpp"]
+    g = cmp["arms"]["GVM-RAFT++"]["gap_to_uniform"]
     assert g == pytest.approx([0.40 - 0.60, (0.40 + 0.46 + 0.40) / 3 - (0.52 + 0.56 + 0.70) / 3])
+    assert cmp["arms"]["GRPO"]["gap_to_uniform"] == [0.0, 0.0]  # GRPO against GRPO, not against RAFT++
     assert "| GVM-RAFT++ | 0.200 / 0.200 |" in demo_isa.table(cmp)
     with pytest.raises(ValueError, match="seeds or budget"):
         demo_isa.compare(a, {**b, "seeds": [0, 1]})
