@@ -50,6 +50,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "map": lambda: _json("bench/results/allocation_map.json"),  # allocation_study.py --map
     "paper": lambda: _json("bench/results/paper_updates.json"),  # allocation_study.py --paper
     "ablation": lambda: _json("bench/results/allocation_ablation.json"),  # allocation_study.py --ablate
+    "demo_isa": lambda: _json("bench/results/demo_isa.json"),  # python bench/demo_isa.py --native runs/demo
 }
 
 
@@ -563,6 +564,14 @@ def _rules_raftpp_se(agg: Callable) -> Callable:  # the study's paired SEs for R
     return lambda d: agg(r["paired_se"] for k, r in d["tasks"]["rules"]["by_algorithm"]["RAFT++"].items() if k != "uniform")
 
 
+def _isa_max(key: str) -> Callable:
+    return lambda d: max(r[key] for r in d["arms"].values())
+
+
+def _isa_gap(arm_name: str, side: int, sign: int) -> Callable:  # side 0: native, 1: AVX2 path
+    return lambda d: sign * d["arms"][arm_name]["gap_to_uniform"][side]
+
+
 QUOTES: list[Quote] = [
     # ---- the demo's table (docs/demo/summary.json), in README.md and docs/demo.md
     *[qt for doc in (R, DEMO) for name, text in DEMO_ROWS.items() for qt in row(doc, text, "demo", summary_cols(name))],
@@ -965,6 +974,19 @@ QUOTES: list[Quote] = [
     *q(NB03, "and 0.430 ± {0.005} for uniform with 8x updates.", "paper",
        paper("GRPO", "uniform-same-updates", "acc_at_equal_m_steps_se"), 3),
     *q(NB03, "and 0.430 ± 0.005 for uniform with {8}x updates.", "paper", _updates_x("GRPO"), 0),
+    # ---- the demo on two kernel paths (bench/results/demo_isa.json), README.md and docs/demo.md
+    *q(R, "per-seed finals moved by at most {0.035}", "demo_isa", _isa_max("diff_max_abs"), 3),
+    *q(R, "GVM stayed {0.125} below uniform RAFT++", "demo_isa", _isa_gap("GVM-RAFT++", 1, -1), 3),
+    *q(DEMO, "the start is identical ({0.229})", "demo_isa", lambda d: d["arms"]["RAFT++"]["start"][1], 3),
+    *q(DEMO, "per-seed finals moved by at most {0.035}", "demo_isa", _isa_max("diff_max_abs"), 3),
+    *q(DEMO, "arm means by at most {0.014}", "demo_isa",
+       lambda d: max(abs(r["final_mean"][1] - r["final_mean"][0]) for r in d["arms"].values()), 3),
+    *q(DEMO, "(RAFT++ -{0.126} natively", "demo_isa", _isa_gap("GVM-RAFT++", 0, -1), 3),
+    *q(DEMO, "-{0.125} on the AVX2 path; GRPO", "demo_isa", _isa_gap("GVM-RAFT++", 1, -1), 3),
+    *q(DEMO, "GRPO -{0.054} and -0.029)", "demo_isa", _isa_gap("GVM-GRPO", 0, -1), 3),
+    *q(DEMO, "GRPO -0.054 and -{0.029})", "demo_isa", _isa_gap("GVM-GRPO", 1, -1), 3),
+    *q(DEMO, "Robust-GRPO's (-{0.009} natively", "demo_isa", _isa_gap("Robust-GRPO", 0, -1), 3),
+    *q(DEMO, "+{0.007} on the AVX2 path)", "demo_isa", _isa_gap("Robust-GRPO", 1, 1), 3),
 ]
 
 
