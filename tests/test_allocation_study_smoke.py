@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,3 +44,48 @@ def test_demo_robust_arm_uses_the_preregistered_settings():
     from gvm_mini.demo.runner import ROBUST_OPTIONS
 
     assert ROBUST_OPTIONS == {**allocation_study.ROBUST, **allocation_study.PREREGISTERED}
+
+
+def _fake_run(d: Path, final: float, pilot: int) -> None:
+    d.mkdir(parents=True)
+    recs = [{"kind": "eval", "tokens": 0, "avg_at_k": 0.1},
+            {"kind": "eval", "tokens": 6000, "avg_at_k": final},
+            {"kind": "iteration", "tokens": 6000, "pilot_tokens": pilot,
+             "wall": {"pilot": 1.0, "gradnorm": 1.0, "allocate": 0.0, "rollout": 5.0, "update": 3.0}}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "done.json").write_text("{}")
+
+
+def test_smollm2_task_pairs_realmodel_runs_by_seed(tmp_path):
+    """The SmolLM2 task reads bench/realmodel_curve.py's run directories: finals at the 5,500-token budget
+    (interpolated between evaluations), paired by seed, only over seeds every rule finished."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("allocation_study", ROOT / "bench" / "allocation_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    finals = {"uniform": (0.7, 0.4), "gvm": (0.58, 0.4), "gvm_robust": (0.7, 0.46),
+              "knapsack+history": (0.7, 0.4), "filter_extremes": (0.1, 0.1)}
+    for rule, arm in study.SMOLLM2_ARMS.items():
+        for s, f in enumerate(finals[rule]):
+            _fake_run(tmp_path / arm / f"seed{s}", f, 0 if rule == "uniform" else 1500)
+    _fake_run(tmp_path / "uniform-RAFT++" / "seed2", 0.9, 0)  # a seed only uniform finished: not paired
+    res = study._smollm2(tmp_path)
+    assert res["seeds"] == [0, 1]
+    rows = res["by_algorithm"]["RAFT++"]
+    at_budget = lambda f: 0.1 + (f - 0.1) * 5500 / 6000  # noqa: E731  (linear between the two evaluations)
+    assert np.allclose(rows["uniform"]["finals"], [at_budget(0.7), at_budget(0.4)], rtol=0, atol=1e-12)
+    assert abs(rows["gvm"]["paired_diff"] - (-0.12 * 5500 / 6000) / 2) < 1e-12
+    assert abs(rows["gvm_robust"]["paired_diff"] - (0.06 * 5500 / 6000) / 2) < 1e-12
+    assert abs(rows["knapsack+history"]["paired_diff"]) < 1e-12
+    assert rows["gvm"]["pilot_token_share"] == 0.25  # 1,500 of 6,000 tokens
+    assert "2 seeds" in res["n_pairs"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "Filter-RAFT++")
+    try:
+        study._smollm2(tmp_path)
+    except SystemExit as e:
+        assert "Filter-RAFT++" in str(e) and "--resume" in str(e)
+    else:
+        raise AssertionError("a rule with no finished run must stop the task with a message")
