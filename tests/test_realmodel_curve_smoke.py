@@ -36,7 +36,12 @@ def test_realmodel_curve_smoke(tmp_path):
         assert all("acc_not_truncated" in p for p in s["curve"])
         assert all(0.0 <= st["truncated_frac"] <= 1.0 for st in s["steps"])
         assert s["peak_rss_mib"] > 100 and s["s_per_m_step"] > 0
-        assert len(arm["curve"]) == 2 and arm["curve"][-1]["acc"]["mean"] == s["curve"][-1]["acc"]
+        # the seeds' mean curve: 12 points from 0 to the last evaluation's tokens, linear between evaluations
+        grid = [p["tokens"] for p in arm["curve"]]
+        assert len(grid) == 12 and grid[0] == 0.0 and abs(grid[-1] - s["curve"][-1]["tokens"]) < 1e-9
+        (t0, a0), (t1, a1) = [(p["tokens"], p["acc"]) for p in s["curve"]]
+        for p in arm["curve"]:
+            assert abs(p["acc"]["mean"] - (a0 + (a1 - a0) * (p["tokens"] - t0) / (t1 - t0))) < 1e-9
     md = (tmp_path / "realmodel_curve.md").read_text()
     assert "| GVM-RAFT++ |" in md and "uncut" in md
     assert (tmp_path / "realmodel_curve.png").stat().st_size > 0
