@@ -406,7 +406,9 @@ def figure(summary: dict, path: Path) -> None:
     panels = [("acc", f"test Average@{k} (T=1, top_p {settings.get('top_p', 1.0)})"),
               ("acc_not_truncated", "test accuracy among the answers that ended within the cap"),
               ("eval_mean_len", "test answers: mean length (tokens)")]
-    for lab, s in summary["arms"].items():
+    # the curve's own arms; the allocation study's other rules have their panel in allocation_study.png
+    shown = {lab: s for lab, s in summary["arms"].items() if lab in DEFAULT_ARMS + ["GVM-GRPO", "GVM-bayes"]} or summary["arms"]
+    for lab, s in shown.items():
         c = COLORS.get(lab)
         one = s["final_acc"]["n"] < 2
         x = [p["tokens"] / 1000 for p in s["curve"]]
