@@ -199,7 +199,7 @@ def _smollm2(runs: Path, rules=RULES) -> dict:
                          f"{', '.join(missing) or 'a common seed'}); run `{SMOLLM2_COMMAND} --resume` first")
     summary = _summarise(runs, rules, {"RAFT++": "raftpp"}, [0], seeds, rc.BUDGET,
                          run_dir=lambda label, alg, w, s: runs / SMOLLM2_ARMS[label] / f"seed{s}")
-    summary["n_pairs"] = (f"1 starting model x {len(seeds)} seeds; Average@{rc.BASE['eval_samples']} on "
+    summary["n_pairs"] = (f"1 starting model x {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; Average@{rc.BASE['eval_samples']} on "
                           f"{rc.BASE['eval_size']} test prompts at T = 1, top_p {rc.BASE['top_p']}")
     summary["seeds"] = seeds
     summary["runs_command"] = SMOLLM2_COMMAND
