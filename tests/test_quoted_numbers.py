@@ -490,11 +490,11 @@ STUDY_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rul
     ("rules-extremes", "GRPO", "| rules-extremes | GRPO | 0.442 | -0.025 ± 0.011 | -0.018 ± 0.014 | +0.015 ± 0.011 | -0.040 ± 0.018 |"),
     ("synthetic", "Lemma-1 SGD", "| synthetic (-L) | Lemma-1 SGD | -1.572 | -0.007 ± 0.015 | -0.040 ± 0.055 | -0.004 ± 0.024 | -0.009 ± 0.022 |"),
 ]
-MAP_ROWS = [  # bench/README.md: uniform final | paired diff of each rule (one seed: no SE)
-    "| 2/8 extreme, ~2 epochs | 0.540 | -0.142 | -0.007 | -0.004 | -0.076 |",
-    "| 2/8 extreme, ~12 epochs | 0.446 | -0.053 | -0.014 | +0.009 | -0.040 |",
-    "| 6/8 extreme, ~2 epochs | 0.492 | -0.022 | -0.004 | +0.010 | -0.100 |",
-    "| 6/8 extreme, ~12 epochs | 0.370 | +0.061 | +0.039 | +0.075 | -0.020 |",
+MAP_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rule (3 seeds)
+    "| 2/8 extreme, ~2 epochs | 0.526 | -0.121 ± 0.011 | -0.028 ± 0.011 | +0.002 ± 0.013 | -0.089 ± 0.007 |",
+    "| 2/8 extreme, ~12 epochs | 0.418 | -0.034 ± 0.023 | +0.007 ± 0.033 | +0.006 ± 0.025 | -0.044 ± 0.016 |",
+    "| 6/8 extreme, ~2 epochs | 0.495 | -0.017 ± 0.003 | -0.008 ± 0.012 | +0.008 ± 0.003 | -0.075 ± 0.029 |",
+    "| 6/8 extreme, ~12 epochs | 0.350 | +0.059 ± 0.009 | +0.051 ± 0.021 | +0.038 ± 0.021 | -0.028 ± 0.008 |",
 ]
 PAPER_ROWS = [  # bench/README.md: updates per M-step | acc at 23 M-steps | final acc | paired diff (— for uniform)
     ("RAFT++", "uniform", "| RAFT++ | uniform | 8.0 | 0.471 ± 0.033 | 0.525 ± 0.015 | — |"),
@@ -526,7 +526,7 @@ def _study_rows() -> list[Quote]:
     out = [qt for task, alg, text in STUDY_ROWS for qt in _study_row(task, alg, text)]
     for text in MAP_ROWS:
         c = text.split("|")[1].strip()
-        cols = [amap(c, "uniform", "final_mean")] + [amap(c, r, "paired_diff") for r in STUDY_RULES]
+        cols = [amap(c, "uniform", "final_mean")] + [(amap(c, r, "paired_diff"), amap(c, r, "paired_se")) for r in STUDY_RULES]
         out += row(BENCH, text, "map", signed(text, cols))
     for alg, a, text in PAPER_ROWS:
         cols = [paper(alg, a, "updates_per_m_step"),
@@ -540,8 +540,8 @@ def _study_rows() -> list[Quote]:
     return out
 
 
-def _map_pilot_rules(agg: Callable) -> Callable:  # the map's best cell, the rules with a pilot (filter: none)
-    return lambda d: agg(d["cells"]["6/8 extreme, ~12 epochs"][r]["paired_diff"] for r in STUDY_RULES[:3])
+def _map_best(rule: str, key: str) -> Callable:  # the map's cell where allocation paid
+    return lambda d: d["cells"]["6/8 extreme, ~12 epochs"][rule][key]
 
 
 def _updates_x(alg: str) -> Callable:  # "uniform with 8x updates": its updates per M-step over uniform's
@@ -558,10 +558,6 @@ def _tuning_best(key: str) -> Callable:  # the --tune arm it chose
 
 def _ablation(a: str, key: str) -> Callable:
     return study("rules (ablation)", "RAFT++", a, key)
-
-
-def _rules_raftpp_se(agg: Callable) -> Callable:  # the study's paired SEs for RAFT++ on the rule task
-    return lambda d: agg(r["paired_se"] for k, r in d["tasks"]["rules"]["by_algorithm"]["RAFT++"].items() if k != "uniform")
 
 
 def _isa_max(key: str) -> Callable:
@@ -869,8 +865,9 @@ QUOTES: list[Quote] = [
     *q(R, "on the rule tasks (-0.040 ± {0.010}, -0.018", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
     *q(R, "± 0.010, -{0.018} ± 0.014).", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
     *q(R, "± 0.010, -0.018 ± {0.014}).", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
-    *q(R, "~12 epochs: +{0.04} to +0.08 over uniform", "map", _map_pilot_rules(min), 2),
-    *q(R, "~12 epochs: +0.04 to +{0.08} over uniform", "map", _map_pilot_rules(max), 2),
+    *q(R, "paper's rule +{0.059} ± 0.009 over uniform, 3 seeds", "map", _map_best("gvm", "paired_diff"), 3),
+    *q(R, "paper's rule +0.059 ± {0.009} over uniform, 3 seeds", "map", _map_best("gvm", "paired_se"), 3),
+    *q(R, "paper's rule +0.059 ± 0.009 over uniform, {3} seeds", "map", lambda d: len(d["seeds"]), 0),
     *q(R, "On the demo (RAFT++, {2} seeds, at 23 M-steps)", "paper", lambda d: len(d["seeds"]), 0),
     *q(R, "turns the paper's rule from {0.384} into", "paper", paper("RAFT++", "gvm", "acc_at_equal_m_steps"), 3),
     *q(R, "into **{0.519} against uniform's 0.471**", "paper", paper("RAFT++", "gvm-fork-updates", "acc_at_equal_m_steps"), 3),
@@ -935,10 +932,15 @@ QUOTES: list[Quote] = [
     *q(BENCH, "pilots not trained on -{0.022} ± 0.002.", "ablation", _neg(_ablation("history, pilots not trained on", "paired_diff")), 3),
     *q(BENCH, "pilots not trained on -0.022 ± {0.002}.", "ablation", _ablation("history, pilots not trained on", "paired_se"), 3),
     # ---- bench/README.md: --map (the study's SEs it cites: RAFT++ on the rule task, every rule against uniform)
-    *q(BENCH, "the study's standard errors for such differences are {0.005}-0.04", "study", _rules_raftpp_se(min), 3),
-    *q(BENCH, "the study's standard errors for such differences are 0.005-{0.04}", "study", _rules_raftpp_se(max), 2),
-    *q(BENCH, "~12 epochs: +{0.04} to +0.08 for the pilot-based rules", "map", _map_pilot_rules(min), 2),
-    *q(BENCH, "~12 epochs: +0.04 to +{0.08} for the pilot-based rules", "map", _map_pilot_rules(max), 2),
+    *q(BENCH, "the paper's rule +{0.059} ±\n0.009 over uniform, `gvm_robust`", "map", _map_best("gvm", "paired_diff"), 3),
+    *q(BENCH, "the paper's rule +0.059 ±\n{0.009} over uniform, `gvm_robust`", "map", _map_best("gvm", "paired_se"), 3),
+    *q(BENCH, "`gvm_robust` +{0.051} ± 0.021, `knapsack` + history", "map", _map_best("gvm_robust", "paired_diff"), 3),
+    *q(BENCH, "`gvm_robust` +0.051 ± {0.021}, `knapsack` + history", "map", _map_best("gvm_robust", "paired_se"), 3),
+    *q(BENCH, "`knapsack` + history +{0.038} ± 0.021)", "map", _map_best("knapsack+history", "paired_diff"), 3),
+    *q(BENCH, "`knapsack` + history +0.038 ± {0.021})", "map", _map_best("knapsack+history", "paired_se"), 3),
+    *q(BENCH, "the pilot-based rules tied or lost (the paper's rule by up to {0.121})", "map",
+       lambda d: -min(c["gvm"]["paired_diff"] for c in d["cells"].values()), 3),
+    *q(BENCH, "mean ± SE over **{3} seeds\non one warm start per cell**", "map", lambda d: len(d["seeds"]), 0),
     # ---- bench/README.md: --paper
     *q(BENCH, "(shipped warm start, {2} seeds, 150k tokens; mean ± SE over seeds;", "paper", lambda d: len(d["seeds"]), 0),
     *q(BENCH, "(shipped warm start, 2 seeds, {150}k tokens; mean ± SE over seeds;", "paper",
