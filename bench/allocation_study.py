@@ -266,8 +266,8 @@ def _fmt(v, se=None, sign=False) -> str:
 def _table(task: str, summary: dict, n_pairs: str) -> str:
     lines = [f"### {task} ({n_pairs})", ""]
     if summary.get("runs_command"):
-        lines += [f"Runs: `{summary['runs_command']}` (commit {summary['commit']}, {summary['machine']}), read by "
-                  f"`{summary['command']}`.", ""]
+        lines += [f"Runs: `{summary['runs_command']}` ({summary['machine']}), read by `{summary['command']}` at commit "
+                  f"{summary['commit']}.", ""]
     lines += [
              "| algorithm | rule | final acc (mean ± SE) | paired diff vs uniform (± SE) | tokens to uniform's final (ratio) | pilot share of tokens | estimation share of train wall |",
              "|---|---|---|---|---|---|---|"]
@@ -295,9 +295,13 @@ def _figure(results: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False, sharey=False)
+    ncols = min(3, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6), squeeze=False, sharey=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
     colors = {"RAFT++": "tab:blue", "GRPO": "tab:orange", "Lemma-1 SGD": "tab:purple"}
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes.flat, tasks):
         by = results["tasks"][task]["by_algorithm"]
         labels = [lab for lab, _, _ in RULES if lab != "uniform" and all(lab in rows for rows in by.values())]
         for j, (alg, rows) in enumerate(by.items()):
@@ -313,14 +317,14 @@ def _figure(results: dict, path: Path, title: str) -> None:
         ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.grid(alpha=0.3, axis="x")
     handles, names = [], []
-    for ax in axes[0]:
+    for ax in axes.flat:
         for h, n in zip(*ax.get_legend_handles_labels()):
             if n not in names:
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
     fig.suptitle(title.replace(", mean", ",\nmean"), fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 if nrows > 1 else 0.07, 1, 1))
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
 

@@ -51,6 +51,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "paper": lambda: _json("bench/results/paper_updates.json"),  # allocation_study.py --paper
     "ablation": lambda: _json("bench/results/allocation_ablation.json"),  # allocation_study.py --ablate
     "demo_isa": lambda: _json("bench/results/demo_isa.json"),  # python bench/demo_isa.py --native runs/demo
+    "realmodel": lambda: _json("bench/results/realmodel_curve.json"),  # python bench/realmodel_curve.py --workers 1
 }
 
 
@@ -280,6 +281,7 @@ def amap(cell_: str, rule: str, key: str) -> Callable:
 
 R, DEMO, BENCH, GPU = "README.md", "docs/demo.md", "bench/README.md", "docs/gpu.md"
 NB01, NB02, NB03 = "notebooks/01_allocation.ipynb", "notebooks/02_synthetic_em.ipynb", "notebooks/03_tiny_lm.ipynb"
+NB04 = "notebooks/04_single_gpu.ipynb"
 THEORY_ROBUST = "theory/gvm_robust.md"
 
 DEMO_ROWS = {  # the demo's main table, in README.md and docs/demo.md
@@ -558,6 +560,21 @@ def _tuning_best(key: str) -> Callable:  # the --tune arm it chose
 
 def _ablation(a: str, key: str) -> Callable:
     return study("rules (ablation)", "RAFT++", a, key)
+
+
+def rm(arm_name: str, key: str, stat: str = "mean") -> Callable:  # a statistic over seeds of the real-model curve
+    return lambda d: d["arms"][arm_name][key][stat]
+
+
+REALMODEL_CELLS = {"uniform-RAFT++": "| uniform-RAFT++ | 3 | 0.097 | **0.347 ± 0.206 (0.208-0.583)** |",
+                   "uniform-GRPO": "| uniform-GRPO | 3 | 0.097 | **0.181 ± 0.064 (0.125-0.250)** |",
+                   "GVM-RAFT++": "| GVM-RAFT++ | 3 | 0.097 | **0.319 ± 0.244 (0.042-0.500)** |"}
+
+
+def _rm_cell(arm_name: str, k: int) -> str:  # the k-th number of the final-accuracy cell, in braces
+    text = REALMODEL_CELLS[arm_name]
+    m = list(NUMBER.finditer(text, text.index("**")))[k]
+    return text[:m.start()] + "{" + m.group() + "}" + text[m.end():]
 
 
 def _isa_max(key: str) -> Callable:
@@ -857,14 +874,19 @@ QUOTES: list[Quote] = [
     *q(R, "warm starts are RAFT++\n-0.004 ± {0.007} and GRPO", "study", study("rules", "RAFT++", "gvm_robust", "paired_se"), 3),
     *q(R, "0.007 and GRPO -{0.040} ± 0.010 against uniform", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
     *q(R, "0.007 and GRPO -0.040 ± {0.010} against uniform", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
-    *q(R, "on 4 tasks x {3} warm starts", "study", lambda d: len(d["warm_starts"]), 0),
-    *q(R, "rules-extremes RAFT++ (+{0.015} ± 0.013, uniform's", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_diff"), 3),
-    *q(R, "rules-extremes RAFT++ (+0.015 ± {0.013}, uniform's", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_se"), 3),
+    *q(R, "(4 small-model\n  tasks x {3} warm starts", "study", lambda d: len(d["warm_starts"]), 0),
+    *q(R, "SmolLM2-135M + LoRA, {3} seeds, RAFT++)", "study", lambda d: len(d["tasks"]["smollm2"]["seeds"]), 0),
+    *q(R, "(chains GRPO +{0.017} ± 0.016;", "study", study("chains", "GRPO", "gvm_robust", "paired_diff"), 3),
+    *q(R, "(chains GRPO +0.017 ± {0.016};", "study", study("chains", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "rules-extremes RAFT++ +{0.015} ± 0.013, uniform's", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_diff"), 3),
+    *q(R, "rules-extremes RAFT++ +0.015 ± {0.013}, uniform's", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_se"), 3),
     *q(R, "uniform's final at {0.69}x its tokens", "study", study("rules-extremes", "RAFT++", "gvm_robust", "token_ratio"), 2),
-    *q(R, "on the rule tasks (-{0.040} ± 0.010, -0.018", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
-    *q(R, "on the rule tasks (-0.040 ± {0.010}, -0.018", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
-    *q(R, "± 0.010, -{0.018} ± 0.014).", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
-    *q(R, "± 0.010, -0.018 ± {0.014}).", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "tasks -{0.040} ± 0.010 and -0.018 ± 0.014;", "study", _neg(study("rules", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(R, "tasks -0.040 ± {0.010} and -0.018 ± 0.014;", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "and -{0.018} ± 0.014; SmolLM2", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
+    *q(R, "and -0.018 ± {0.014}; SmolLM2", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(R, "SmolLM2 -{0.046} ± 0.034)", "study", _neg(study("smollm2", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(R, "SmolLM2 -0.046 ± {0.034})", "study", study("smollm2", "RAFT++", "gvm_robust", "paired_se"), 3),
     *q(R, "paper's rule +{0.059} ± 0.009 over uniform, 3 seeds", "map", _map_best("gvm", "paired_diff"), 3),
     *q(R, "paper's rule +0.059 ± {0.009} over uniform, 3 seeds", "map", _map_best("gvm", "paired_se"), 3),
     *q(R, "paper's rule +0.059 ± 0.009 over uniform, {3} seeds", "map", lambda d: len(d["seeds"]), 0),
@@ -881,7 +903,44 @@ QUOTES: list[Quote] = [
     # ---- bench/README.md: the study
     *q(BENCH, "the same number of generated tokens ({150}k, pilots counted)", "study", lambda d: d["tasks"]["rules"]["grid_tokens"][-1] / 1000, 0),
     *q(BENCH, "mean ± standard error over {3} warm starts", "study", lambda d: len(d["warm_starts"]), 0),
-    *q(BENCH, "this 2-core AMD EPYC (AVX-512), {54} min.", "study", lambda d: sum(d["tasks"][t]["wall_seconds"] for t in STUDY_TASKS) / 60, 0),
+    *q(BENCH, "this 2-core AMD EPYC (AVX-512): {54} min for\nthe four small-model tasks", "study",
+       lambda d: sum(d["tasks"][t]["wall_seconds"] for t in STUDY_TASKS) / 60, 0),
+    # ---- bench/README.md: the smollm2 task of the study
+    *q(BENCH, "(-{0.046} ± 0.034, -1.4 SE)", "study", _neg(study("smollm2", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "(-0.046 ± {0.034}, -1.4 SE)", "study", study("smollm2", "RAFT++", "gvm_robust", "paired_se"), 3),
+    *q(BENCH, "(-0.046 ± 0.034, -{1.4} SE)", "study",
+       lambda d: -study("smollm2", "RAFT++", "gvm_robust", "paired_diff")(d) / study("smollm2", "RAFT++", "gvm_robust", "paired_se")(d), 1),
+    *q(BENCH, "(uniform's seeds end at {0.62},", "study", lambda d: d["tasks"]["smollm2"]["by_algorithm"]["RAFT++"]["uniform"]["finals"][0], 2),
+    *q(BENCH, "filter's -{0.203} ± 0.167", "study", _neg(study("smollm2", "RAFT++", "filter_extremes", "paired_diff")), 3),
+    *q(BENCH, "filter's -0.203 ± {0.167}", "study", study("smollm2", "RAFT++", "filter_extremes", "paired_se"), 3),
+    *q(BENCH, "`gvm_robust` spent {51}% of its tokens on pilots", "study",
+       lambda d: 100 * d["tasks"]["smollm2"]["by_algorithm"]["RAFT++"]["gvm_robust"]["pilot_token_share"], 0),
+    *q(BENCH, "uniform is -{0.019} ± 0.281 (SE over the 3 seeds", "study", _neg(study("smollm2", "RAFT++", "gvm", "paired_diff")), 3),
+    *q(BENCH, "uniform is -0.019 ± {0.281} (SE over the 3 seeds", "study", study("smollm2", "RAFT++", "gvm", "paired_se"), 3),
+    # ---- the real-model curve (bench/results/realmodel_curve.json): bench/README.md, docs/gpu.md, notebook 04
+    *[qt for arm_name in ("uniform-RAFT++", "uniform-GRPO", "GVM-RAFT++") for k, stat in enumerate(("mean", "std", "min", "max"))
+      for qt in q(BENCH, _rm_cell(arm_name, k), "realmodel", rm(arm_name, "final_acc", stat), 3)],
+    *q(BENCH, "Uniform RAFT++ goes from 0.097 to **{0.347} ± 0.206**", "realmodel", rm("uniform-RAFT++", "final_acc"), 3),
+    *q(BENCH, "Uniform RAFT++ goes from 0.097 to **0.347 ± {0.206}**", "realmodel", rm("uniform-RAFT++", "final_acc", "std"), 3),
+    *q(BENCH, "GRPO gains\n  less within the budget ({0.181} ± 0.064)", "realmodel", rm("uniform-GRPO", "final_acc"), 3),
+    *q(BENCH, "**The paper's GVM-RAFT++ is not distinguishable from uniform here**: {0.319} ± 0.244", "realmodel",
+       rm("GVM-RAFT++", "final_acc"), 3),
+    *q(BENCH, "with {34}% of its tokens in pilots", "realmodel",
+       lambda d: 100 * rm("GVM-RAFT++", "pilot_tokens")(d) / rm("GVM-RAFT++", "tokens")(d), 0),
+    *q(BENCH, "gained only 0.083 → {0.125} within the budget", "realmodel", rm("uniform-RAFT++-QLoRA", "final_acc"), 3),
+    *q(BENCH, "sampled at {20} tokens/s against LoRA's 35", "realmodel", rm("uniform-RAFT++-QLoRA", "sampling_tokens_per_s"), 0),
+    *q(BENCH, "sampled at 20 tokens/s against LoRA's {35}", "realmodel", rm("uniform-RAFT++", "sampling_tokens_per_s"), 0),
+    *q(BENCH, "peaked at {1,736} MiB against LoRA's", "realmodel", rm("uniform-RAFT++-QLoRA", "peak_rss_mib"), 0),
+    *q(BENCH, "against LoRA's {1,836}-2,234 MiB", "realmodel", rm("uniform-RAFT++", "peak_rss_mib", "min"), 0),
+    *q(BENCH, "against LoRA's 1,836-{2,234} MiB", "realmodel", rm("uniform-RAFT++", "peak_rss_mib", "max"), 0),
+    *q(GPU, "sampled at {20} tokens/s against 35", "realmodel", rm("uniform-RAFT++-QLoRA", "sampling_tokens_per_s"), 0),
+    *q(GPU, "peaked at {1,736} MiB against 1,836-2,234 MiB", "realmodel", rm("uniform-RAFT++-QLoRA", "peak_rss_mib"), 0),
+    *q(GPU, "spent {1.76} s of update per forwarded sample", "realmodel", rm("uniform-RAFT++-QLoRA", "update_s_per_live_sample"), 2),
+    *q(GPU, "per forwarded sample against {0.98} s", "realmodel", rm("uniform-RAFT++", "update_s_per_live_sample"), 2),
+    *q(NB04, "Uniform RAFT++ goes from 0.097 to **{0.347} ± 0.206**", "realmodel", rm("uniform-RAFT++", "final_acc"), 3),
+    *q(NB04, "Uniform RAFT++ goes from {0.097} to", "realmodel", rm("uniform-RAFT++", "start_acc"), 3),
+    *q(NB04, "The paper's GVM-RAFT++ ends at {0.319} ± 0.244", "realmodel", rm("GVM-RAFT++", "final_acc"), 3),
+    *q(NB04, "peaked at {1,736} MiB of RAM", "realmodel", rm("uniform-RAFT++-QLoRA", "peak_rss_mib"), 0),
     *q(BENCH, "(`--tune`: floor {1} or 2, cap 2x or 4x", "tuning", _grid(min, "robust_floor"), 0),
     *q(BENCH, "(`--tune`: floor 1 or {2}, cap 2x or 4x", "tuning", _grid(max, "robust_floor"), 0),
     *q(BENCH, "floor 1 or 2, cap {2}x or 4x uniform", "tuning", _grid(min, "robust_cap_factor"), 0),
@@ -958,6 +1017,11 @@ QUOTES: list[Quote] = [
     *q(THEORY_ROBUST, "(-0.040 ± {0.010} in-sample,", "study", study("rules", "GRPO", "gvm_robust", "paired_se"), 3),
     *q(THEORY_ROBUST, "-{0.018} ± 0.014 held out)", "study", _neg(study("rules-extremes", "GRPO", "gvm_robust", "paired_diff")), 3),
     *q(THEORY_ROBUST, "-0.018 ± {0.014} held out)", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
+    *q(THEORY_ROBUST, "SmolLM2 task (-{0.046} ± 0.034, where", "study", _neg(study("smollm2", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(THEORY_ROBUST, "SmolLM2 task (-0.046 ± {0.034}, where", "study", study("smollm2", "RAFT++", "gvm_robust", "paired_se"), 3),
+    *q(THEORY_ROBUST, "it beats uniform (+{0.051} ±\n0.021,", "map", _map_best("gvm_robust", "paired_diff"), 3),
+    *q(THEORY_ROBUST, "it beats uniform (+0.051 ±\n{0.021},", "map", _map_best("gvm_robust", "paired_se"), 3),
+    *q(THEORY_ROBUST, "as does the paper's rule (+{0.059} ± 0.009)", "map", _map_best("gvm", "paired_diff"), 3),
     # ---- notebooks/03: the chains counter-example
     *q(NB03, "(RAFT++ {0.382} against\n0.343 for GVM-RAFT++", "chains", arm("RAFT++", "final_acc_mean"), 3),
     *q(NB03, "(RAFT++ 0.382 against\n{0.343} for GVM-RAFT++", "chains", arm("GVM-RAFT++", "final_acc_mean"), 3),
