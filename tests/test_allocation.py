@@ -201,7 +201,6 @@ from gvm_mini.allocation import (  # noqa: E402
     COST_AWARE,
     RULES,
     allocate_tokens,
-    allocation_weights,
     continuous_token_allocation,
     gvm_tokens,
     knapsack,

@@ -3,7 +3,6 @@
 hand-computed examples, integer rounding, Beta-posterior pass rates and the closed-form cost of a floor.
 Derivations: theory/gvm_robust.md."""
 
-import math
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ and the new one in place (``NAME_replaced``). The demo's summary files and plots
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
