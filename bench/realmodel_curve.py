@@ -377,12 +377,13 @@ def table(summary: dict) -> str:
 
 
 def per_seed_table(summary: dict) -> str:
-    rows = ["| arm | seed | start | final Average@k (± std over the k draws) | uncut accuracy start → final | "
+    rows = ["| arm | seed | start | final Average@k (± std over the k draws, when k > 1) | uncut accuracy start → final | "
             "tokens (pilot) | updates | wall total |", "|---|---|---|---|---|---|---|---|"]
     for lab, s in summary["arms"].items():
         for seed, r in s["seeds"].items():
             c0, c1 = (r["curve"][0], r["curve"][-1]) if r["curve"] else ({}, {})
-            rows.append(f"| {lab} | {seed} | {_fmt(c0.get('acc'))} | {_fmt(c1.get('acc'))} ± {_fmt(c1.get('acc_draw_std'))} | "
+            spread = f" ± {_fmt(c1['acc_draw_std'])}" if c1.get("acc_draw_std") is not None else ""
+            rows.append(f"| {lab} | {seed} | {_fmt(c0.get('acc'))} | {_fmt(c1.get('acc'))}{spread} | "
                         f"{_fmt(c0.get('acc_not_truncated'))} → {_fmt(c1.get('acc_not_truncated'))} | "
                         f"{r['tokens']:,} ({r['pilot_tokens']:,}) | {r['updates']} | {_fmt(r['wall_total_s'], '{:.0f}')} s |")
     return "\n".join(rows)
