@@ -1022,6 +1022,11 @@ QUOTES: list[Quote] = [
     *q(THEORY_ROBUST, "it beats uniform (+{0.051} ±\n0.021,", "map", _map_best("gvm_robust", "paired_diff"), 3),
     *q(THEORY_ROBUST, "it beats uniform (+0.051 ±\n{0.021},", "map", _map_best("gvm_robust", "paired_se"), 3),
     *q(THEORY_ROBUST, "as does the paper's rule (+{0.059} ± 0.009)", "map", _map_best("gvm", "paired_diff"), 3),
+    *q(R, "(SmolLM2 + LoRA, {0.097} → 0.347 ± 0.206 over 3 seeds)", "realmodel", rm("uniform-RAFT++", "start_acc"), 3),
+    *q(R, "(SmolLM2 + LoRA, 0.097 → {0.347} ± 0.206 over 3 seeds)", "realmodel", rm("uniform-RAFT++", "final_acc"), 3),
+    *q(R, "(SmolLM2 + LoRA, 0.097 → 0.347 ± {0.206} over 3 seeds)", "realmodel", rm("uniform-RAFT++", "final_acc", "std"), 3),
+    *q(R, "(paired -{0.019} ± 0.281)", "study", _neg(study("smollm2", "RAFT++", "gvm", "paired_diff")), 3),
+    *q(R, "(paired -0.019 ± {0.281})", "study", study("smollm2", "RAFT++", "gvm", "paired_se"), 3),
     # ---- notebooks/03: the chains counter-example
     *q(NB03, "(RAFT++ {0.382} against\n0.343 for GVM-RAFT++", "chains", arm("RAFT++", "final_acc_mean"), 3),
     *q(NB03, "(RAFT++ 0.382 against\n{0.343} for GVM-RAFT++", "chains", arm("GVM-RAFT++", "final_acc_mean"), 3),
