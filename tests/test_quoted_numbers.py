@@ -495,6 +495,8 @@ STUDY_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rul
 MAP_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rule (3 seeds)
     "| 2/8 extreme, ~2 epochs | 0.526 | -0.121 ± 0.011 | -0.028 ± 0.011 | +0.002 ± 0.013 | -0.089 ± 0.007 |",
     "| 2/8 extreme, ~12 epochs | 0.418 | -0.034 ± 0.023 | +0.007 ± 0.033 | +0.006 ± 0.025 | -0.044 ± 0.016 |",
+    "| 4/8 extreme, ~2 epochs | 0.638 | -0.041 ± 0.010 | -0.014 ± 0.002 | -0.022 ± 0.007 | -0.031 ± 0.011 |",
+    "| 4/8 extreme, ~12 epochs | 0.587 | -0.009 ± 0.012 | -0.008 ± 0.002 | -0.022 ± 0.003 | -0.007 ± 0.002 |",
     "| 6/8 extreme, ~2 epochs | 0.495 | -0.017 ± 0.003 | -0.008 ± 0.012 | +0.008 ± 0.003 | -0.075 ± 0.029 |",
     "| 6/8 extreme, ~12 epochs | 0.350 | +0.059 ± 0.009 | +0.051 ± 0.021 | +0.038 ± 0.021 | -0.028 ± 0.008 |",
 ]
@@ -997,7 +999,7 @@ QUOTES: list[Quote] = [
     *q(BENCH, "`gvm_robust` +0.051 ± {0.021}, `knapsack` + history", "map", _map_best("gvm_robust", "paired_se"), 3),
     *q(BENCH, "`knapsack` + history +{0.038} ± 0.021)", "map", _map_best("knapsack+history", "paired_diff"), 3),
     *q(BENCH, "`knapsack` + history +0.038 ± {0.021})", "map", _map_best("knapsack+history", "paired_se"), 3),
-    *q(BENCH, "the pilot-based rules tied or lost (the paper's rule by up to {0.121})", "map",
+    *q(BENCH, "the pilot-based rules tied or lost (the paper's rule by up to\n{0.121})", "map",
        lambda d: -min(c["gvm"]["paired_diff"] for c in d["cells"].values()), 3),
     *q(BENCH, "mean ± SE over **{3} seeds\non one warm start per cell**", "map", lambda d: len(d["seeds"]), 0),
     # ---- bench/README.md: --paper
