@@ -250,7 +250,8 @@ def _synthetic(warm: list[int], seeds: list[int], *, smoke: bool, rules=RULES) -
         n = len(f)
         row.update(final_mean=float(f.mean()), final_se=float(f.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
                    paired_diff=float(d.mean()), paired_se=float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else None)
-    return {"metric": "-L(theta) at equal samples (pilots counted)", "by_algorithm": {"Lemma-1 SGD": out}}
+    return {"metric": "-L(theta) at equal samples (pilots counted)", "models": list(warm), "seeds": list(seeds),
+            "n_pairs": f"{len(warm)} models x {len(seeds)} seeds", "by_algorithm": {"Lemma-1 SGD": out}}
 
 
 # ---------------------------------------------------------------------------------------------
