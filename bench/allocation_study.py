@@ -55,6 +55,8 @@ RESULTS = ROOT / "bench" / "results"
 
 #: gvm_robust's settings, chosen on the demo task with --tune (see allocation_study.md, "Pre-registration")
 PREREGISTERED = {"robust_floor": 2, "robust_cap_factor": 2.0, "prompt_weighting": "prompt"}
+#: the commit that fixed :data:`PREREGISTERED`, before any held-out task was run
+PREREGISTRATION_COMMIT = "0f3e706"
 
 #: the gvm_robust arm: the rule, its estimates and its pilot policy (parts kept as options for ablations)
 ROBUST = {"estimator": "robust", "pilot": "history_reuse"}
@@ -347,7 +349,7 @@ def _run_task(out: Path, task: str, warm, seeds, rules, algorithms, *, budget, e
 def study(args, out: Path, cache: Path) -> dict:
     warm, seeds = ([0], [0]) if args.smoke else (list(range(args.warm_starts)), list(range(args.seeds)))
     tasks = args.tasks.split(",") if args.tasks else (["rules", "synthetic"] if args.smoke else list(TASKS) + ["synthetic", "smollm2"])
-    results = {"command": "python bench/allocation_study.py " + " ".join(sys.argv[1:]), "commit": _commit(), "preregistered": PREREGISTERED, "rules": {lab: {"allocation": a, **o} for lab, a, o in RULES},
+    results = {"command": "python bench/allocation_study.py " + " ".join(sys.argv[1:]), "commit": _commit(), "preregistered": PREREGISTERED, "preregistration_commit": PREREGISTRATION_COMMIT, "rules": {lab: {"allocation": a, **o} for lab, a, o in RULES},
                "warm_starts": warm, "seeds": seeds, "machine": demo.report.machine(), "tasks": {}}
     prior = RESULTS / "allocation_study.json"
     if prior.exists() and not args.smoke:  # tasks run earlier (each task is run once and kept)
@@ -401,7 +403,7 @@ def _write(results: dict, args, name: str, title: str) -> None:
                "share = pilot + gradient-norm + allocation wall time / training wall time.", ""]
         md += ["## Pre-registration", "", f"gvm_robust's settings were chosen on the demo task (`--tune`) and fixed "
                f"before any other task was run: `{json.dumps(PREREGISTERED)}` with `{json.dumps(ROBUST)}` "
-               "(see allocation_study_tuning.md for the commit that fixed them).", ""]
+               f"(committed in {results.get('preregistration_commit', PREREGISTRATION_COMMIT)}; the grid is in allocation_study_tuning.md).", ""]
     for task, summary in results["tasks"].items():
         n = summary.get("n_pairs") or (f"{len(results['warm_starts'])} warm starts x {len(results['seeds'])} seeds"
                                        if task != "synthetic" else "3 models x 4 seeds")
@@ -601,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         results = json.loads((RESULTS / "allocation_study.json").read_text())
         results.setdefault("command", "python bench/allocation_study.py --warm-starts 3 --seeds 1 --workers 2")
+        results.setdefault("preregistration_commit", PREREGISTRATION_COMMIT)
         _write(results, args, "allocation_study", STUDY_TITLE)
     elif args.tune:
         tune(args, out, cache)
