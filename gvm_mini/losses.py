@@ -372,7 +372,8 @@ def informative_mask(rewards: torch.Tensor, prompt_index: torch.Tensor) -> torch
 
 def zero_signal_fraction(rewards: torch.Tensor, prompt_index: torch.Tensor) -> float:
     """Fraction of prompts whose group rewards are all equal (all correct, all wrong, or a single
-    sample): those prompts give GRPO no gradient (its group-normalised advantage is 0 for every sample; paper §3.3, theory/algorithm.md).
+    sample): those prompts give GRPO no gradient (its group-normalised advantage is 0 for every
+    sample; paper §3.3, theory/algorithm.md).
     Logged with every M-step as ``zero_signal_frac`` in ``metrics.jsonl``."""
     r, g, *_, equal = _group_stats(rewards, prompt_index)
     if r.numel() == 0:
