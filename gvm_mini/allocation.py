@@ -159,6 +159,9 @@ def _water_fill(w: np.ndarray, budget: float, lo: float, hi: float) -> np.ndarra
     m = w.size
     n = np.full(m, lo, dtype=np.float64)
     pos = w > 0
+    if pos.any():  # normalised weights: lam is then found for any scale of w (1e-300 .. 1e300)
+        with np.errstate(under="ignore"):
+            pos = w / w.max() > 0
     if not pos.any():
         return _even_fill(m, budget, lo, hi)
     cap = hi * pos.sum() + lo * (~pos).sum()
@@ -167,24 +170,23 @@ def _water_fill(w: np.ndarray, budget: float, lo: float, hi: float) -> np.ndarra
         if (~pos).any():
             n[~pos] = _even_fill(int((~pos).sum()), budget - hi * pos.sum(), lo, hi)
         return n
-    wp = w[pos]
+    wp = w[pos] / w[pos].max()
     target = budget - lo * (~pos).sum()
-    # f(lam) = sum clip(lam * w, lo, hi) is continuous, piecewise linear and non-decreasing.
-    a, b = 0.0, 1.0
-    while np.clip(b * wp, lo, hi).sum() < target:
-        b *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (a + b)
-        if np.clip(mid * wp, lo, hi).sum() < target:
-            a = mid
-        else:
-            b = mid
-    x = np.clip(b * wp, lo, hi)
+    # f(lam) = sum clip(lam * wp, lo, hi) is continuous, piecewise linear and non-decreasing, with kinks
+    # at lam = lo / wp_i and hi / wp_i: find the piece that holds the target and solve it exactly.
+    kinks = np.unique(np.concatenate([lo / wp, hi / wp]))
+    f = np.array([np.clip(k * wp, lo, hi).sum() for k in kinks])
+    j = int(np.searchsorted(f, target))  # first kink with f >= target (f[-1] = hi * len(wp) > target)
+    if j == 0:
+        lam = kinks[0]
+    else:
+        lam = kinks[j - 1] + (target - f[j - 1]) * (kinks[j] - kinks[j - 1]) / (f[j] - f[j - 1])
+    x = np.clip(lam * wp, lo, hi)
     free = (x > lo) & (x < hi)
-    if free.any():  # solve the linear piece exactly on the free set
-        lam = (target - x[~free].sum()) / wp[free].sum()
-        x[free] = lam * wp[free]
+    if free.any():  # remove the last rounding error on the free set
+        x[free] *= (target - x[~free].sum()) / x[free].sum()
     n[pos] = x
+    assert abs(n.sum() - budget) <= 1e-6 * max(1.0, budget), f"water-filling lost samples: {n.sum()} != {budget}"
     return n
 
 
@@ -654,11 +656,12 @@ def knapsack(
 
 ROBUST_FLOOR = 2
 """Default floor of :func:`gvm_robust`: samples every prompt gets, whatever its estimated ``p_i``
-or ``G_i`` (two samples are the fewest that can disagree). A tuning default, not a derived value."""
+or ``G_i`` (two samples are the fewest that can disagree); chosen with the cap on the tuning task."""
 
-ROBUST_CAP_FACTOR = 4.0
-"""Default cap of :func:`gvm_robust` as a multiple of the uniform share: ``cap = ceil(4 N / m)``.
-A tuning default, not a derived value."""
+ROBUST_CAP_FACTOR = 2.0
+"""Default cap of :func:`gvm_robust` as a multiple of the uniform share: ``cap = ceil(2 N / m)``.
+Chosen, with the floor, on the demo's rule task before any other task was run
+(``bench/allocation_study.py --tune``); ``allocation: gvm_robust`` in a config uses the same value."""
 
 
 def robust_bounds(
@@ -674,10 +677,10 @@ def robust_bounds(
       that is given. ``cap_factor=None`` turns the cap off (``hi = budget``). ``cap_factor`` must be
       ``>= 1`` so that ``m * hi >= budget``.
 
-    >>> robust_bounds(4, 32)      # uniform share 8: floor 2, cap 4 * 8
-    (2, 32)
-    >>> robust_bounds(4, 6)       # budget // m = 1 < 2: the floor drops to 1
-    (1, 6)
+    >>> robust_bounds(4, 32)      # uniform share 8: floor 2, cap 2 * 8
+    (2, 16)
+    >>> robust_bounds(4, 6)       # budget // m = 1 < 2: the floor drops to 1; cap ceil(2 * 1.5)
+    (1, 3)
     """
     m = _int_arg("m", m)
     budget = _int_arg("budget", budget)
@@ -721,7 +724,7 @@ def gvm_robust(
     """The ``gvm_robust`` rule: Proposition 1 with a floor and a cap, integer, summing to ``budget``.
 
     1. Box ``lo <= n_i <= hi`` from :func:`robust_bounds` (defaults :data:`ROBUST_FLOOR` = 2 samples
-       and :data:`ROBUST_CAP_FACTOR` = 4 x the uniform share ``budget / m``; the caller's
+       and :data:`ROBUST_CAP_FACTOR` = 2 x the uniform share ``budget / m``; the caller's
        ``min_per_prompt`` / ``max_per_prompt`` tighten it).
     2. The exact minimiser of Eq. 7 in that box (:func:`continuous_robust_allocation`,
        ``n_i = clip(w_i / sqrt(lambda), lo, hi)``).
@@ -730,8 +733,10 @@ def gvm_robust(
 
     Why: under the paper's rule a prompt whose pilots all failed (``p_i = 0``) gets ``n_i = 0`` and
     so never new evidence (starvation), and a prompt with one lucky accepted pilot out of a few can
-    take a large share. The floor keeps every prompt observed (``p_i`` in {0, 1} and ``G_i = 0`` get
-    exactly ``lo``); the cap bounds what one noisy estimate can take. Feed it the shrunk estimates of
+    take a large share. The floor keeps every prompt observed (a zero weight, ``p_i = 0`` or
+    ``G_i = 0``, gets exactly ``lo``; ``p_i = 1`` has the positive weight ``G_i / sqrt(1 + alpha)``
+    and is allocated by it, as the doctest's last prompt shows); the cap bounds what one noisy
+    estimate can take. Feed it the shrunk estimates of
     :func:`gvm_mini.estimators.robust_estimates`. Ablations: ``floor=0`` (no floor),
     ``cap_factor=None`` (no cap); with both off this is :func:`allocate`. ``p`` and ``G`` are
     checked as in :func:`allocate`; bad arguments raise ``ValueError`` naming them. No
@@ -749,7 +754,8 @@ def gvm_robust(
         return np.zeros(0, dtype=np.int64)
     x = _water_fill(w, float(budget), float(lo), float(hi))
     n = _round_preserving_sum(x, budget)
-    return np.clip(n, lo, hi)  # a no-op (rounding stays in the integer box); kept as a guard
+    assert n.sum() == budget and n.min() >= lo and n.max() <= hi, f"gvm_robust broke its box or budget: {n}"
+    return n
 
 
 def floor_cost(p, G, budget, *, floor, alpha: float = 1e-3, beta: float = 2.0) -> float:

