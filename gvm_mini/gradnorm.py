@@ -209,7 +209,9 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
     try:
         for m in users:
             hooks.append(m.register_forward_hook(hook))
-        lp = token_logprobs(model, input_ids, attention_mask)
+        has = completion_mask.bool().any(0)
+        first = int(torch.nonzero(has).flatten()[0]) if bool(has.any()) else T - 1
+        lp = token_logprobs(model, input_ids, attention_mask, logits_from=max(first, 1))
     finally:
         for h in hooks:
             h.remove()
@@ -217,12 +219,12 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
     outs = [o for _, _, o in calls]
     grads = torch.autograd.grad(loss, outs, allow_unused=True)
 
-    def tokens(x):  # [S, T, ...] float32 with padding positions zeroed (guards against NaN there)
-        if x.shape[:2] != (S, T):
+    def tokens(x):  # [S, T', ...] (the last T' <= T positions) float32, padding zeroed (guards against NaN)
+        if x.shape[0] != S or x.dim() < 2 or x.shape[1] > T:
             raise RuntimeError(f"ghost norms expect module tensors shaped [S, T, ...], got {tuple(x.shape)}; "
                                "use method='loop'")
         x = x.float()
-        k = keep.view(S, T, *([1] * (x.dim() - 2)))
+        k = keep[:, T - x.shape[1]:].reshape(S, x.shape[1], *([1] * (x.dim() - 2)))
         return torch.where(k, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
     uses = {id(p): [] for p in params}
@@ -248,6 +250,39 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
     return sq.clamp_min(0.0).sqrt()
 
 
+def _checkpointed_layers(model, users) -> list[nn.Module]:
+    """The modules with gradient checkpointing switched on (HF layers check ``self.gradient_checkpointing
+    and self.training``), if none of the hooked ``users`` lies inside one (a checkpointed layer runs its
+    inner modules twice, and the hooks' first-forward outputs are not in the graph): those layers are
+    kept in training mode during the norms so that they recompute their activations as in training."""
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    # the innermost flagged modules (the decoder layers; the model that holds them carries the flag too)
+    layers = [m for m in flagged if not any(o is not m and any(sub is o for sub in m.modules()) for o in flagged)]
+    if users:
+        inside = {id(sub) for m in layers for sub in m.modules()}
+        if any(id(u) in inside for u in users):
+            return []
+    return layers
+
+
+def _micro_batches(attention_mask: torch.Tensor, batch_size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, columns)`` of each micro-batch: rows sorted by length (longest first) in pieces of
+    ``batch_size``, each cut to the columns where one of its rows has a token (its own longest, on
+    either padding side)."""
+    S = attention_mask.shape[0]
+    lengths = attention_mask.sum(-1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    step = S if not batch_size else int(batch_size)
+    out = []
+    for i in range(0, S, step):
+        rows = order[i : i + step]
+        cols = torch.nonzero(attention_mask[rows].any(0)).flatten()
+        if cols.numel():
+            cols = torch.arange(int(cols[0]), int(cols[-1]) + 1, device=cols.device)
+        out.append((rows, cols))
+    return out
+
+
 def per_sample_grad_norms(
     model,
     input_ids: torch.Tensor,
@@ -262,8 +297,15 @@ def per_sample_grad_norms(
     (summed over completion tokens, temperature 1; theory/algorithm.md), ``theta`` = parameter set ``params``
     (norm over all its tensors jointly). Returns float32 ``[S]`` on the input device.
 
-    ``method``: ``"auto"`` | ``"ghost"`` (batched, ``batch_size`` samples per forward, all if None) |
-    ``"loop"`` (batch 1, the official algorithm; ``batch_size`` unused). Padding may be on either side.
+    ``method``: ``"auto"`` | ``"ghost"`` (batched) | ``"loop"`` (batch 1, the official algorithm;
+    ``batch_size`` unused). Padding may be on either side.
+
+    Memory is that of one training micro-batch, whatever ``S``: the ghost path runs micro-batches of
+    ``batch_size`` samples (all at once if None), sorted by length and each cut to its own longest
+    row; logits are computed from the earliest completion position on only; and where the model has
+    gradient checkpointing on, the checkpointed layers stay in training mode (HF checkpoints only in
+    training mode) while everything else is in eval mode (no dropout), so activations are recomputed
+    in the backward as in training. The norms do not depend on ``batch_size`` (up to float rounding).
     """
     if method not in ("auto", "ghost", "loop"):
         raise ValueError(f"method must be 'auto', 'ghost' or 'loop', got {method!r}")
@@ -285,14 +327,15 @@ def per_sample_grad_norms(
         with torch.enable_grad():
             if users is None:
                 return _loop_norms(model, chosen, input_ids, attention_mask, completion_mask)
-            S = input_ids.shape[0]
-            step = S if not batch_size else int(batch_size)
-            parts = []
-            for i in range(0, S, step):
-                sl = slice(i, i + step)
-                parts.append(_ghost_norms(model, chosen, users, input_ids[sl], attention_mask[sl],
-                                          completion_mask[sl]))
-            return torch.cat(parts) if parts else torch.zeros(0, device=input_ids.device)
+            for layer in _checkpointed_layers(model, users):
+                layer.training = True  # the layer itself only: its dropout submodules stay in eval mode
+            out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+            for rows, cols in _micro_batches(attention_mask, batch_size):
+                if not cols.numel():
+                    continue  # rows without tokens: norm 0
+                sub = [t.index_select(0, rows).index_select(1, cols) for t in (input_ids, attention_mask, completion_mask)]
+                out[rows] = _ghost_norms(model, chosen, users, *sub)
+            return out
     finally:
         for p, f in zip(all_params, flags):
             p.requires_grad_(f)

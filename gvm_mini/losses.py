@@ -33,6 +33,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "LOSS_TYPES",
+    "SelectedLogProb",
+    "selected_logprobs",
     "token_logprobs",
     "token_logprobs_shared_prompts",
     "position_ids_from_mask",
@@ -65,6 +67,65 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+#: Rows of logits turned into log-probs at a time by :class:`SelectedLogProb` (its float32 temporaries
+#: are a few ``[LOGPROB_CHUNK_TOKENS, V]`` tensors, whatever the batch).
+LOGPROB_CHUNK_TOKENS = 256
+
+
+class SelectedLogProb(torch.autograd.Function):
+    """``log_softmax(logits / temperature)[target]`` per row of ``logits [N, V]``, in float32, a chunk
+    of :data:`LOGPROB_CHUNK_TOKENS` rows at a time, as ``x[target] - logsumexp(x)``.
+
+    The plain expression (``logits.float()``, ``gather``, ``logsumexp``) keeps a float32 copy of the
+    logits for the backward and makes more full-size temporaries there (4 float32 ``[N, V]`` tensors
+    at its peak, measured). Here only the logits themselves (their own dtype) and the ``[N]``
+    log-sum-exp are saved; the backward ``d lp / d x = onehot(target) - softmax(x)`` is recomputed
+    chunk by chunk into one gradient tensor of the logits' dtype. Peak: the logits, their gradient,
+    and a few float32 ``[chunk, V]`` temporaries."""
+
+    @staticmethod
+    def forward(ctx, logits, target, temperature=1.0):
+        N = logits.shape[0]
+        out = torch.empty(N, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        for i in range(0, N, LOGPROB_CHUNK_TOKENS):
+            x = logits[i : i + LOGPROB_CHUNK_TOKENS].float()
+            if temperature != 1.0:
+                x = x / temperature
+            lse[i : i + LOGPROB_CHUNK_TOKENS] = torch.logsumexp(x, dim=-1)
+            out[i : i + LOGPROB_CHUNK_TOKENS] = x.gather(-1, target[i : i + LOGPROB_CHUNK_TOKENS, None])[:, 0] \
+                - lse[i : i + LOGPROB_CHUNK_TOKENS]
+        ctx.save_for_backward(logits, target, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, target, lse = ctx.saved_tensors
+        t = ctx.temperature
+        out = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], LOGPROB_CHUNK_TOKENS):
+            sl = slice(i, i + LOGPROB_CHUNK_TOKENS)
+            x = logits[sl].float()
+            if t != 1.0:
+                x = x / t
+            g = grad[sl, None].float()
+            d = torch.exp(x - lse[sl, None]).mul_(-g)  # -g * softmax(x)
+            d.scatter_add_(-1, target[sl, None], g)
+            if t != 1.0:
+                d = d / t
+            out[sl] = d
+        return out, None, None
+
+
+def selected_logprobs(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature, -1).gather(-1, target[..., None])[..., 0]`` in float32 for
+    ``logits [..., V]`` and ``target [...]``, through :class:`SelectedLogProb` (bounded temporaries)."""
+    shape = target.shape
+    flat = SelectedLogProb.apply(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), float(temperature))
+    return flat.view(shape)
+
+
 def token_logprobs(
     model,
     input_ids: torch.Tensor,
@@ -72,34 +133,35 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    logits_from: int | None = None,
 ) -> torch.Tensor:
     """Per-token log-probabilities ``log pi(x_t | x_<t)`` of a causal LM at ``temperature``.
 
     ``out[s, t] = log_softmax(logits[s, t-1] / temperature)[x_{s,t}]`` for ``t >= 1``; ``out[:, 0] = 0``,
     and so is every position that is padding or whose previous position is padding (the first real
-    token of a left-padded row has no context either). Computed in float32 as
-    ``logit[x_t] - logsumexp(logits)`` (no full ``[S, T, V]`` log-softmax tensor is kept), one chunk of
-    ``chunk_size`` samples at a time if given. Gradients flow; wrap in ``torch.no_grad()`` for the
-    old-policy / reference log-probs. Positions come from :func:`position_ids_from_mask`, so the result
-    does not depend on the padding side.
+    token of a left-padded row has no context either). Computed in float32 by
+    :func:`selected_logprobs` (no full-size float32 copy of the logits), one chunk of ``chunk_size``
+    samples at a time if given. ``logits_from = j`` asks for positions ``t >= j`` only (the completion
+    tokens of a right-padded batch start at the shortest prompt's length): the model computes logits at
+    positions ``j - 1 ..`` only (``logits_to_keep``) and ``out[:, :j] = 0``. Gradients flow; wrap in
+    ``torch.no_grad()`` for the old-policy / reference log-probs. Positions come from
+    :func:`position_ids_from_mask`, so the result does not depend on the padding side.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    S = input_ids.shape[0]
+    S, T = input_ids.shape
+    j = min(max(int(logits_from or 1), 1), T)
     step = S if not chunk_size else int(chunk_size)
     outs = []
     for i in range(0, S, step):
         ids, am = input_ids[i : i + step], attention_mask[i : i + step]
-        logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am)).logits
-        logits = logits[:, :-1].float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        tgt = ids[:, 1:].unsqueeze(-1)
-        lp = logits.gather(-1, tgt).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        keep = {"logits_to_keep": T - j + 1} if j > 1 else {}  # logits at positions j-1 .. T-1
+        logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), **keep).logits
+        lp = selected_logprobs(logits[:, :-1], ids[:, j:], temperature)  # predicts tokens j .. T-1
         del logits
-        has_ctx = am[:, 1:].bool() & am[:, :-1].bool()  # a real token after a real token
+        has_ctx = am[:, j:].bool() & am[:, j - 1 : -1].bool()  # a real token after a real token
         lp = torch.where(has_ctx, lp, torch.zeros_like(lp))
-        outs.append(F.pad(lp, (1, 0)))  # position 0 has no prediction
+        outs.append(F.pad(lp, (j, 0)))  # positions before j: no prediction asked for
     return torch.cat(outs, dim=0)
 
 
@@ -153,9 +215,10 @@ def token_logprobs_shared_prompts(
     attn = torch.cat([am_p.index_select(0, idx), am_c], dim=1)
     logits_c = model(input_ids=ids_c, attention_mask=attn, position_ids=pos_c, past_key_values=cache,
                      use_cache=True).logits
-    logits = torch.cat([first[:, None], logits_c[:, :-1]], dim=1).float()  # [S, Wc, V]: position j predicts token j
-    lp = logits.gather(-1, ids_c.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    del logits, logits_c
+    logits = torch.cat([first[:, None], logits_c[:, :-1]], dim=1)  # [S, Wc, V]: position j predicts token j
+    del logits_c
+    lp = selected_logprobs(logits, ids_c)
+    del logits
     lp = lp * am_c.to(lp.dtype)
     col = (lens_p[:, None] + torch.arange(Wc, device=device)[None, :]).clamp_max(width - 1)
     return torch.zeros((S, width), device=device, dtype=lp.dtype).scatter_add(1, col, lp)

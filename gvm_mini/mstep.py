@@ -288,7 +288,8 @@ def _logprobs(model, rollout: Rollout, mb: MicroBatch, ids, attn) -> torch.Tenso
     if mb.shared:
         return losses.token_logprobs_shared_prompts(
             model, [rollout.prompt_ids[i] for i in mb.rows], [rollout.completion_ids[i] for i in mb.rows], ids.shape[1])
-    return losses.token_logprobs(model, ids, attn)
+    # logits only from the first completion position on (the shortest prompt's length)
+    return losses.token_logprobs(model, ids, attn, logits_from=min(len(rollout.prompt_ids[i]) for i in mb.rows))
 
 
 def _dropout_free(model) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 from .config import Config
 
-__all__ = ["HUB_TWINS", "NF4_BYTES", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
+__all__ = ["HUB_TWINS", "NF4_BYTES", "peak_tensor_bytes", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
 
 #: Hub ids whose shape twin stands in for the weights when they cannot be downloaded.
 HUB_TWINS = {
@@ -23,6 +23,25 @@ HUB_TWINS = {
 }
 
 _GB = 1024**3
+
+
+def peak_tensor_bytes(fn, *args, **kwargs):
+    """``(peak, result)`` of ``fn(*args, **kwargs)``: the largest amount of CPU tensor memory live at
+    once during the call, in bytes above what was live when it started (allocations and frees as
+    the CPU allocator reports them to ``torch.profiler`` with ``profile_memory=True``, in order).
+    The CPU counterpart of ``torch.cuda.max_memory_allocated`` after a reset; what the plan's
+    per-phase terms are checked against (``bench/memory_check.py``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn(*args, **kwargs)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return peak, result
 
 
 def resolve_shape(cfg: Config):
