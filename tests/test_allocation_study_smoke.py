@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,17 +21,26 @@ def test_study_smoke(tmp_path):
     res = json.loads((out / "allocation_study.json").read_text())
     assert set(res["tasks"]) == {"rules", "synthetic"}
     rules = res["tasks"]["rules"]["by_algorithm"]["RAFT++"]
-    assert set(rules) == {"uniform", "gvm_robust"}
+    assert set(rules) == {"uniform", "uniform-prompt", "gvm_robust"}
     assert rules["uniform"]["paired_diff"] == 0.0  # the baseline against itself
     for label, row in rules.items():
         assert len(row["finals"]) == 1 and 0.0 <= row["final_mean"] <= 1.0
         assert row["paired_diff"] == row["final_mean"] - rules["uniform"]["final_mean"]
+    # one factor at a time: gvm_robust runs Algorithm 1's weighting and is paired with uniform under it
+    assert rules["gvm_robust"]["weighting"] == rules["uniform-prompt"]["weighting"] == "prompt"
+    same = rules["gvm_robust"]["vs_uniform_same_weighting"]
+    assert same["baseline"] == "uniform-prompt"
+    assert same["mean"] == rules["gvm_robust"]["final_mean"] - rules["uniform-prompt"]["final_mean"]
+    w = res["tasks"]["rules"]["weighting_only"]["RAFT++"]
+    assert w["mean"] == rules["uniform-prompt"]["final_mean"] - rules["uniform"]["final_mean"]
     assert rules["uniform"]["pilot_token_share"] == 0.0 and rules["gvm_robust"]["pilot_token_share"] > 0.0
     for run in (out / "rules").iterdir():  # every run spent its budget (4,000 tokens), overshoot < one M-step
         last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
         assert 4_000 <= last["tokens"] < 8_000, (run.name, last["tokens"])
     synth = res["tasks"]["synthetic"]["by_algorithm"]["Lemma-1 SGD"]
     assert synth["uniform"]["paired_diff"] == 0.0 and len(synth["gvm_robust"]["finals"]) == 2
+    # N' = 8 pilots for 8 prompts against 4 x 8 x 5 training samples per E-step: 64 / 224
+    assert synth["gvm_robust"]["pilot_sample_share"] == pytest.approx(64 / 224)
     md = (out / "allocation_study.md").read_text()
     assert "| RAFT++ | gvm_robust |" in md and "Pre-registration" in md
     assert (out / "allocation_study.png").stat().st_size > 10_000
@@ -44,6 +54,11 @@ def test_demo_robust_arm_uses_the_preregistered_settings():
     from gvm_mini.demo.runner import ROBUST_OPTIONS
 
     assert ROBUST_OPTIONS == {**allocation_study.ROBUST, **allocation_study.PREREGISTERED}
+    # and a config that names the rule alone runs the same settings
+    from gvm_mini.config import Config, validate
+
+    cfg = validate(Config(allocation="gvm_robust"))
+    assert {k: getattr(cfg, k) for k in ROBUST_OPTIONS} == ROBUST_OPTIONS
 
 
 def _fake_run(d: Path, final: float, pilot: int) -> None:
