@@ -99,12 +99,29 @@ ALGORITHMS = {"RAFT++": "raftpp", "GRPO": "grpo"}
 #: the rule task with 6 of its 8 families at the extremes: A, B, C near-solved, F, G, H never written
 EXTREME_SHARES = (("A", 0.97), ("B", 0.97), ("C", 0.97), ("D", 0.3), ("E", 0.15), ("F", 0.0), ("G", 0.0), ("H", 0.0))
 
+#: held-out task 5 (designed and committed before any run of it): no family at an extreme at the start,
+#: every family's pass rate between about 0.25 and 0.6 (H's procedure, mul, is written only for H)
+FLAT_SHARES = (("A", 0.6), ("B", 0.55), ("C", 0.5), ("D", 0.45), ("E", 0.4), ("F", 0.35), ("G", 0.3), ("H", 0.3))
+#: held-out task 6: difficulty varies *within* each family. The warm start writes a family's procedure with
+#: the first share on prompts with a > b and the second on a < b, so half of each family's prompts are much
+#: harder than the other half (the family's mean alone no longer says how hard a prompt is)
+WITHIN_SHARES = (("A", (0.6, 0.99)), ("B", (0.2, 0.9)), ("C", (0.05, 0.7)), ("D", (0.0, 0.5)), ("E", (0.0, 0.3)),
+                 ("F", (0.02, 0.2)), ("G", (0.0, 0.1)), ("H", (0.0, 0.0)))
+
 TASKS = {
     "rules": {"demo_task": "rules", "sft": lambda w: dc_replace(demo.RuleSFT(), seed=w), "budget": demo.BUDGET},
     "chains": {"demo_task": "chains", "sft": lambda w: dc_replace(demo.SFT(), seed=w), "budget": 150_000},
     "rules-extremes": {"demo_task": "rules", "sft": lambda w: dc_replace(demo.RuleSFT(), seed=w, shares=EXTREME_SHARES),
                        "budget": demo.BUDGET},
+    "rules-flat": {"demo_task": "rules", "sft": lambda w: dc_replace(demo.RuleSFT(), seed=w, shares=FLAT_SHARES),
+                   "budget": demo.BUDGET},
+    "rules-within": {"demo_task": "rules", "sft": lambda w: dc_replace(demo.RuleSFT(), seed=w, shares=WITHIN_SHARES),
+                     "budget": demo.BUDGET},
 }
+
+#: tasks first run after the one-factor pairs and the corrected gvm_robust (commit with their design); the
+#: others were run before and are re-run with them
+FRESH_TASKS = ("rules-flat", "rules-within")
 
 #: the map: (a) how many of the 8 families start at an extreme, (b) how many epochs the budget covers
 MAP_EXTREMES = {

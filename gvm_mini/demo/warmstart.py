@@ -76,9 +76,13 @@ class RuleSFT:
 
 def rule_sft_solution(problem, rng: random.Random, sft: RuleSFT) -> str:
     """One SFT target for a rule prompt: its family's correct procedure with probability ``share``,
-    else one of the family's wrong procedures (equal parts)."""
+    else one of the family's wrong procedures (equal parts). A family's share may be a pair
+    ``(share if a > b, share if a < b)``: its prompts then differ in difficulty *within* the family
+    (the held-out task ``rules-within`` of bench/allocation_study.py)."""
     fam, a, b = problem.meta["family"], problem.meta["a"], problem.meta["b"]
     share, wrong = dict(sft.shares)[fam], dict(sft.wrong)[fam]
+    if isinstance(share, (tuple, list)):
+        share = share[0] if a > b else share[1]
     proc = problem.meta["procedure"] if rng.random() < share else rng.choice(wrong)
     return rule_solution(proc, a, b)
 
