@@ -198,6 +198,7 @@ def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int, run_dir=N
                     wall_share.append((wall["pilot"] + wall["gradnorm"] + wall["allocate"]) / max(train, 1e-9))
             rows[label] = {"finals": finals, "start": float(np.mean([c[0] for c in cs])),
                            "weighting": weighting_of(allocation, opts),
+                           "mechanism": _mechanism([run_dir(label, alg_label, w, s) for w in warm for s in seeds]),
                            "pilot_token_share": float(np.mean(pilot_share)),
                            "pilot_sample_share": float(np.mean(sample_pilot_share)), "samples": float(np.mean(samples)),
                            "estimation_wall_share": float(np.mean(wall_share))}
@@ -226,6 +227,44 @@ def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int, run_dir=N
     weighting_only = res.pop("_weighting_only")
     return {"grid_tokens": grid.tolist(), "by_algorithm": res, "weighting_only": weighting_only,
             "labels": labels}
+
+
+FAMILY_LETTERS = "ABCDEFGH"
+
+
+def _mechanism(dirs) -> dict | None:
+    """Where a rule puts its samples, per family (the rule tasks' ``difficulty`` is the family index),
+    over every prompt-visit of the runs ``dirs`` (``allocations.jsonl``): the share of visits with
+    ``n_i = 0``, the mean ``n_i`` and its standard deviation. None where no allocation was recorded."""
+    by = {}
+    for d in dirs:
+        f = Path(d) / "allocations.jsonl"
+        if not f.is_file():
+            continue
+        for rec in read_jsonl(f):
+            for n, fam in zip(rec["n"], rec.get("difficulty") or []):
+                if fam is not None:
+                    by.setdefault(FAMILY_LETTERS[int(fam)] if int(fam) < len(FAMILY_LETTERS) else str(fam), []).append(n)
+    if not by:
+        return None
+    return {fam: {"visits": len(v), "zero_share": float(np.mean(np.array(v) == 0)), "mean_n": float(np.mean(v)),
+                  "sd_n": float(np.std(v))} for fam, v in sorted(by.items())}
+
+
+def _mechanism_table(task: str, summary: dict) -> str:
+    """Per family and rule: mean n_i, its spread, and the share of prompt-visits given n_i = 0 (RAFT++)."""
+    rows = summary["by_algorithm"].get("RAFT++", {})
+    mech = {lab: r["mechanism"] for lab, r in rows.items() if r.get("mechanism")}
+    if not mech:
+        return ""
+    fams = sorted({f for m in mech.values() for f in m})
+    lines = [f"Where the samples go on {task} (RAFT++, every prompt-visit of every run): mean n_i ± its standard "
+             "deviation, and in brackets the share of visits with n_i = 0.", "",
+             "| rule | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+    for lab, m in mech.items():
+        cells = [f"{m[f]['mean_n']:.1f} ± {m[f]['sd_n']:.1f} [{100 * m[f]['zero_share']:.0f}%]" if f in m else "" for f in fams]
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _clustered_se(d: np.ndarray, cluster: np.ndarray) -> float | None:
@@ -544,6 +583,9 @@ def _write(results: dict, args, name: str, title: str) -> None:
         n = summary.get("n_pairs") or (f"{len(results['warm_starts'])} warm starts x {len(results['seeds'])} seeds"
                                        if task != "synthetic" else "3 models x 4 seeds")
         md += [_table(task, summary, n), ""]
+        mech = _mechanism_table(task, summary) if name == "allocation_study" else ""
+        if mech:
+            md += [mech, ""]
     atomic_write_text(dest / f"{name}.md", "\n".join(md) + "\n")
     _figure(results, dest / f"{name}.png", title)
 
