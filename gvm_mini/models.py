@@ -187,20 +187,32 @@ def check_4bit_available(device: str | torch.device) -> None:
 
 
 def compute_dtype_4bit(device: str | torch.device) -> torch.dtype:
-    """The dtype 4-bit layers compute in: bfloat16 on CUDA, float32 elsewhere (the CPU backend's
-    float32 path is its reference path, and ``prepare_model_for_kbit_training`` keeps every
-    non-quantized tensor in float32 anyway)."""
+    """The dtype 4-bit layers and every non-quantized tensor compute in: bfloat16 on CUDA, float32
+    elsewhere (the CPU backend's float32 path is its reference path)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def _bnb_config(device: str | torch.device = "cuda"):
-    """The QLoRA quantization config: NF4, double quantization, :func:`compute_dtype_4bit` compute."""
+def matmul_precision(device: str | torch.device) -> None:
+    """On CUDA, float32 matmuls (the LoRA adapters' own weights are float32) use TF32 tensor cores
+    (``torch.backends.cuda.matmul.allow_tf32 = True``, cuDNN likewise; ``high`` float32 matmul
+    precision): the adapters' matmuls then run at about the bf16 base's speed instead of strict
+    fp32's. The base layers compute in bfloat16 (their weights' dtype, or 4-bit layers' compute
+    dtype). Nothing changes elsewhere: CPU matmuls have no TF32."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+
+
+def _bnb_config(device: str | torch.device = "cuda", compute_dtype: torch.dtype | None = None):
+    """The QLoRA quantization config: NF4, double quantization, ``compute_dtype`` (default
+    :func:`compute_dtype_4bit`) compute."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=compute_dtype_4bit(device),
+        bnb_4bit_compute_dtype=compute_dtype or compute_dtype_4bit(device),
         bnb_4bit_use_double_quant=True,
     )
 
@@ -237,18 +249,30 @@ def disable_cpu_4bit_repack(model) -> int:
     return n
 
 
-def _prepare_4bit(model, device: str | torch.device = "cuda"):
-    """``peft.prepare_model_for_kbit_training`` (fp32 non-quantized tensors, input grads, gradient
-    checkpointing); on a non-CUDA device also :func:`disable_cpu_4bit_repack`."""
-    from peft import prepare_model_for_kbit_training
-
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+def _prepare_4bit(model, device: str | torch.device = "cuda", compute_dtype: torch.dtype | None = None):
+    """QLoRA's preparation done by hand: what ``peft.prepare_model_for_kbit_training`` does (every
+    weight frozen, the input embeddings' output requiring grad, gradient checkpointing on) except its
+    float32 upcast of every non-quantized tensor. That upcast made the embedding, the norms and the
+    output head float32, and since a 4-bit layer returns its input's dtype, the residual stream,
+    attention, the KV cache and the vocabulary-wide logits all ran in float32 (twice the memory the
+    plan assumed). Here they stay in ``compute_dtype`` (default :func:`compute_dtype_4bit`), which is
+    also the 4-bit layers' compute dtype. On a non-CUDA device also :func:`disable_cpu_4bit_repack`."""
+    compute = compute_dtype or compute_dtype_4bit(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+        if p.__class__.__name__ != "Params4bit" and p.is_floating_point() and p.dtype != compute:
+            p.data = p.data.to(compute)
+    for mod in model.modules():  # rotary inverse frequencies and the like stay as they are (float32)
+        if hasattr(mod, "compute_dtype") and mod.__class__.__name__ == "Linear4bit":
+            mod.compute_dtype = compute
+    model.enable_input_require_grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if torch.device(device).type != "cuda":
         disable_cpu_4bit_repack(model)
     return model
 
 
-def quantize_4bit(model, device: str | torch.device):
+def quantize_4bit(model, device: str | torch.device, compute_dtype: torch.dtype | None = None):
     """Quantize an in-memory model to 4-bit NF4 on ``device`` (CUDA or CPU).
 
     transformers 5.x quantizes weights while loading a checkpoint, so the model is saved to a
@@ -256,12 +280,13 @@ def quantize_4bit(model, device: str | torch.device):
     supported route (``replace_with_bnb_linear`` only swaps modules and leaves the weights
     unquantized until a checkpoint is loaded into them). On CUDA the copy is bfloat16 (as the compute
     dtype); on CPU it keeps the model's own dtype. Costs one write+read of the weights (about 3 GB for
-    a 1.5B twin in bfloat16). Returns the quantized model after ``prepare_model_for_kbit_training``;
-    ``model`` itself is consumed (moved to bfloat16 on CUDA).
+    a 1.5B twin in bfloat16). Returns the quantized model after :func:`_prepare_4bit` (everything not
+    quantized in ``compute_dtype``, default :func:`compute_dtype_4bit`: bfloat16 on CUDA, float32 on
+    CPU, where tests pass bfloat16 to check the CUDA layout); ``model`` itself is consumed.
     """
     from transformers import AutoModelForCausalLM
 
-    compute = compute_dtype_4bit(device)
+    compute = compute_dtype or compute_dtype_4bit(device)
     generation_config = model.generation_config
     with tempfile.TemporaryDirectory(prefix="gvm_mini_4bit_") as tmp, quiet_loading():
         if compute == torch.bfloat16:
@@ -270,12 +295,12 @@ def quantize_4bit(model, device: str | torch.device):
         del model
         quantized = AutoModelForCausalLM.from_pretrained(
             tmp,
-            quantization_config=_bnb_config(device),
+            quantization_config=_bnb_config(device, compute),
             dtype=compute,
             device_map={"": str(device)},
         )
     quantized.generation_config = generation_config
-    return _prepare_4bit(quantized, device)
+    return _prepare_4bit(quantized, device, compute)
 
 
 def weight_bytes(model) -> int:
@@ -446,13 +471,14 @@ def load_model(
     ``dtype="auto"`` means the checkpoint's dtype (float32 for tiny models and SmolLM2, bfloat16 for
     twins). ``load_in_4bit=True`` (CUDA, or CPU with bitsandbytes >= 0.50; see
     :func:`check_4bit_available`) loads NF4 weights with double quantization, computing in bfloat16 on
-    CUDA and float32 on CPU (:func:`compute_dtype_4bit`), and applies
-    ``peft.prepare_model_for_kbit_training`` (non-quantized tensors in float32); call :func:`add_lora`
-    next.
+    CUDA and float32 on CPU (:func:`compute_dtype_4bit`), and prepares it for training
+    (:func:`_prepare_4bit`: frozen, gradient checkpointing, non-quantized tensors in the compute
+    dtype); call :func:`add_lora` next.
     The tokenizer pads on the left and always has a pad token (eos when the model has none).
     """
     if load_in_4bit:
         check_4bit_available(device)  # before any expensive work
+    matmul_precision(device)  # TF32 for the float32 LoRA matmuls on CUDA
     if name_or_path in TINY_MODELS:
         tokenizer = offline_tokenizer()
         model = tiny_model(tokenizer, arch=TINY_MODELS[name_or_path]).to(

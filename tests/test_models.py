@@ -419,3 +419,20 @@ def test_offline_tokenizer_with_a_closed_alphabet_has_only_the_corpus_symbols():
     assert tok.decode(ids) == corpus[0]
     with pytest.raises(ValueError, match="vocab_size"):
         offline_tokenizer(corpus, vocab_size=100)  # the byte alphabet alone needs 259
+
+
+def test_lora_matmuls_use_tf32_on_cuda_only():
+    """``models.matmul_precision`` (called by ``load_model``): TF32 for the float32 LoRA matmuls on
+    CUDA, nothing changed for a CPU model."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        models.matmul_precision("cpu")
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+        models.matmul_precision("cuda:0")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])

@@ -225,3 +225,40 @@ def test_smollm2_4bit_em_iteration_trains_only_the_adapter_and_resumes(tmp_path)
     for k, v in base0.items():
         assert torch.equal(after2[k], v), f"base tensor {k} changed on resume"
     assert any(not torch.equal(after2[k], after[k]) for k in lora0)  # the second iteration trained on
+
+
+# --------------------------------------------------------------------------------------------------
+# 4-bit where it should be: the rest in the compute dtype
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("twin", ["qwen2.5-math-1.5b", "llama-3.2-1b"])
+def test_4bit_keeps_residual_stream_kv_and_logits_in_the_compute_dtype(twin):
+    """With bfloat16 compute (CUDA's; here on bitsandbytes' CPU backend) the non-quantized tensors
+    stay bfloat16 after preparation, so the residual stream, the KV cache and the logits are
+    bfloat16 (``peft.prepare_model_for_kbit_training`` made all of them float32), the LoRA adapter
+    still trains, and gradient checkpointing is on."""
+    from transformers import AutoModelForCausalLM
+
+    conf = models.twin_config(twin, num_layers=2)
+    conf.vocab_size, conf.hidden_size, conf.intermediate_size = 512, 256, 512
+    conf.num_attention_heads, conf.num_key_value_heads, conf.head_dim = 4, 2, 64
+    torch.manual_seed(0)
+    q = models.quantize_4bit(AutoModelForCausalLM.from_config(conf, dtype=torch.bfloat16), "cpu",
+                             compute_dtype=torch.bfloat16)
+    rest = {n: p.dtype for n, p in q.named_parameters() if p.__class__.__name__ != "Params4bit"}
+    assert rest and set(rest.values()) == {torch.bfloat16}, rest  # embedding, norms (and biases)
+    assert {m.compute_dtype for m in _4bit_layers(q)} == {torch.bfloat16}
+    ids = torch.randint(0, 512, (2, 12))
+    q.eval()
+    with torch.no_grad():
+        out = q(input_ids=ids, use_cache=True, output_hidden_states=True)
+    assert {h.dtype for h in out.hidden_states} == {torch.bfloat16}  # the residual stream
+    layer0 = out.past_key_values.layers[0]
+    assert layer0.keys.dtype == layer0.values.dtype == torch.bfloat16  # the KV cache
+    assert out.logits.dtype == torch.bfloat16
+    lora = models.add_lora(q, r=4, lora_alpha=8)
+    _lora_nonzero_b(lora)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in lora.modules())
+    grads = _lora_grads(lora, ids[:1])
+    assert grads and all(torch.isfinite(g).all() and float(g.norm()) > 0 for g in grads.values())
