@@ -44,6 +44,9 @@ __all__ = [
     "DEFAULT_SYSTEM",
     "DEFAULT_INSTRUCTION",
     "format_chat",
+    "prompt_token_lengths",
+    "filter_overlong_prompts",
+    "prompts_that_fit",
 ]
 
 
@@ -450,3 +453,38 @@ def format_chat(
     messages.append({"role": "user", "content": problem_text + instruction})
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+
+
+def prompt_token_lengths(tokenizer, problems, *, system: str | None = DEFAULT_SYSTEM,
+                         instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
+    """Tokens of each problem's chat prompt (:func:`format_chat`), as the sampler encodes it."""
+    texts = [format_chat(tokenizer, p.problem, system=system, instruction=instruction) for p in problems]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def filter_overlong_prompts(tokenizer, problems, max_prompt_length: int, *, system: str | None = DEFAULT_SYSTEM,
+                            instruction: str = DEFAULT_INSTRUCTION) -> tuple[list, int]:
+    """``(kept, dropped)``: the problems whose chat prompt has at most ``max_prompt_length`` tokens,
+    and how many were left out (verl's ``filter_overlong_prompts``). A longer prompt would make vLLM
+    refuse the request (``max_model_len``) or eat into the completion budget, and would run the HF
+    sampler and the update past the memory plan, which assumes ``max_prompt_length``."""
+    lengths = prompt_token_lengths(tokenizer, problems, system=system, instruction=instruction)
+    kept = [p for p, n in zip(problems, lengths) if n <= max_prompt_length]
+    return kept, len(problems) - len(kept)
+
+
+def prompts_that_fit(cfg, tokenizer, train, test, *, out=print) -> tuple[list, list]:
+    """``(train, test)`` without the prompts longer than ``cfg.max_prompt_length`` tokens after the
+    chat template (:func:`filter_overlong_prompts`, with the run's system prompt and instruction);
+    the counts left out are reported through ``out`` when there are any."""
+    system = DEFAULT_SYSTEM if cfg.system_prompt == "default" else cfg.system_prompt
+    instruction = DEFAULT_INSTRUCTION if cfg.instruction == "default" else (cfg.instruction or "")
+    kept = []
+    for name, problems in (("training", train), ("evaluation", test)):
+        fit, dropped = filter_overlong_prompts(tokenizer, problems, cfg.max_prompt_length, system=system,
+                                               instruction=instruction)
+        if dropped:
+            out(f"filter_overlong_prompts: left out {dropped} of {len(problems)} {name} prompts longer than "
+                f"max_prompt_length={cfg.max_prompt_length} tokens")
+        kept.append(fit)
+    return kept[0], kept[1]

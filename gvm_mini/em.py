@@ -188,6 +188,11 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, model=None, token
     seed_all(phase_seed(cfg.seed, "init"))
     if model is None:
         model, tokenizer = build_policy(cfg)
+    n_train = len(train)
+    train, test = data.prompts_that_fit(cfg, tokenizer, train, test)  # verl's filter_overlong_prompts
+    if len(train) < min(n_train, cfg.prompts_per_step):
+        raise ConfigError(f"{len(train)} training prompts fit max_prompt_length={cfg.max_prompt_length}, "
+                          f"fewer than prompts_per_step={cfg.prompts_per_step}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimizer = make_optimizer(cfg, model)
     initial = initial_reference(cfg, model)

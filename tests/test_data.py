@@ -346,3 +346,26 @@ def test_rule_problems_split_per_family():
         rule_problems(53, seed=0)
     with pytest.raises(ValueError, match="unknown rule families"):
         rule_problems(4, seed=0, families=["Z"])
+
+
+def test_overlong_prompts_are_filtered_and_counted():
+    """verl's filter_overlong_prompts: a prompt whose chat template renders to more than
+    max_prompt_length tokens is left out, at load, and the count is reported."""
+    from types import SimpleNamespace
+
+    from gvm_mini.data import Problem, filter_overlong_prompts, format_chat, prompt_token_lengths, prompts_that_fit
+    from gvm_mini.models import offline_tokenizer
+
+    tok = offline_tokenizer()
+    problems = [Problem("What is " + " + ".join(["12"] * k) + "?", "0") for k in (1, 5, 20, 60)]
+    lengths = prompt_token_lengths(tok, problems)
+    assert lengths == [len(tok(format_chat(tok, p.problem), add_special_tokens=False)["input_ids"]) for p in problems]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 4
+    kept, dropped = filter_overlong_prompts(tok, problems, lengths[1])  # exactly max_prompt_length fits
+    assert kept == problems[:2] and dropped == 2
+    said = []
+    cfg = SimpleNamespace(system_prompt="default", instruction="default", max_prompt_length=lengths[2])
+    train, test = prompts_that_fit(cfg, tok, problems, problems[2:], out=said.append)
+    assert train == problems[:3] and test == problems[2:3]
+    assert said == [f"filter_overlong_prompts: left out 1 of 4 training prompts longer than max_prompt_length={lengths[2]} tokens",
+                    f"filter_overlong_prompts: left out 1 of 2 evaluation prompts longer than max_prompt_length={lengths[2]} tokens"]
