@@ -45,7 +45,10 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "regime_cells": lambda: _jsonl("bench/results/regime_map_cells.jsonl"),  # --cell ... --seeds 96
     "vs_trl": lambda: _jsonl("bench/results/vs_trl.jsonl"),  # python bench/vs_trl.py ...
     "qlora": lambda: _jsonl("bench/results/qlora_footprint.jsonl"),  # shape_twin_memory.py --qlora-footprint
-    "study": lambda: _json("bench/results/allocation_study.json"),  # python bench/allocation_study.py
+    # the first study (commit 0f3e706 ...): every rule against token-mean uniform, gvm_robust's estimates before the fix
+    "study": lambda: _json("bench/results/allocation_study_v1.json"),
+    # the study with one-factor pairs and the corrected gvm_robust: python bench/allocation_study.py
+    "study2": lambda: _json("bench/results/allocation_study.json"),
     "tuning": lambda: _json("bench/results/allocation_study_tuning.json"),  # allocation_study.py --tune
     "map": lambda: _json("bench/results/allocation_map.json"),  # allocation_study.py --map
     "paper": lambda: _json("bench/results/paper_updates.json"),  # allocation_study.py --paper
