@@ -20,7 +20,8 @@ Rules, all fed the exact ``p_i`` and the exact ``G_i = E_Q ||grad||`` (the mean 
 rationales, what Algorithm 2 estimates), so that what is measured is the rule and not the estimation noise: ``uniform``; ``gvm`` (Proposition 1,
 ``alpha = 1e-3``); ``acceptance_only`` (Proposition 1 with every ``G_i = 1``); ``gvm_robust`` (floor 2,
 cap 2x); ``gvm_second_moment``: Proposition 1 fed ``sqrt(G2_i)``, the second moment Lemma 1's bound
-holds; ``exact_neyman``: ``n_i`` proportional to ``sqrt(G2_i / p_i - ||mu_i||^2)``, the minimiser of the
+holds; ``lemma1_bound``: that and ``alpha -> 0`` (Eq. 7 without its regulariser: Lemma 1's bound
+itself); ``exact_neyman``: ``n_i`` proportional to ``sqrt(G2_i / p_i - ||mu_i||^2)``, the minimiser of the
 *exact* Lemma-1 variance ``sum_i (G2_i / p_i - ||mu_i||^2) / n_i`` (the bound drops ``- ||mu_i||^2``).
 """
 
@@ -41,7 +42,7 @@ from gvm_mini import synthetic as S  # noqa: E402
 from gvm_mini.atomic import atomic_write_text  # noqa: E402
 
 WEIGHTINGS = ("lemma1", "prompt", "tokens")
-RULES = ("uniform", "gvm", "acceptance_only", "gvm_robust", "gvm_second_moment", "exact_neyman")
+RULES = ("uniform", "gvm", "acceptance_only", "gvm_robust", "gvm_second_moment", "lemma1_bound", "exact_neyman")
 
 
 def exact_neyman(p, G2, mu, budget: int) -> np.ndarray:
@@ -58,6 +59,7 @@ def allocations(model, budget: int) -> dict:
     return {"uniform": A.uniform(p, G, budget), "gvm": A.allocate(p, G, budget),
             "acceptance_only": A.acceptance_only(p, G, budget), "gvm_robust": A.gvm_robust(p, G, budget),
             "gvm_second_moment": A.allocate(p, np.sqrt(G2), budget),
+            "lemma1_bound": A.allocate(p, np.sqrt(G2), budget, alpha=1e-12),
             "exact_neyman": exact_neyman(p, G2, mu, budget)}
 
 
