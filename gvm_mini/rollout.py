@@ -532,7 +532,12 @@ def vllm_engine(cfg) -> VLLMEngine:
     del shape
     if cfg.load_in_4bit:
         kwargs["quantization"] = "bitsandbytes"
-    engine = VLLMEngine(LLM(**kwargs), base=base, lora_rank=rank, kwargs=kwargs)
+    set_threads = torch.set_num_threads
+    try:
+        llm = LLM(**kwargs)
+    finally:  # vLLM's CPU worker makes torch.set_num_threads a no-op for the whole process: the trainer's again
+        torch.set_num_threads = set_threads
+    engine = VLLMEngine(llm, base=base, lora_rank=rank, kwargs=kwargs)
     _VLLM_ENGINES[key] = engine
     return engine
 

@@ -19,6 +19,7 @@ from gvm_mini.config import Config, ConfigError, load_config, replace, validate
 from gvm_mini.rollout import _process, end_token_ids, to_batch
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+SET_NUM_THREADS = torch.set_num_threads  # vLLM's CPU worker replaces it; vllm_engine puts it back
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="the vLLM extra is not installed (README: Install); CI installs it")
 
 #: bfloat16 engine vs the trainer's float32 recompute, SmolLM2 + a random LoRA adapter, 32 samples
@@ -182,6 +183,7 @@ def test_engine_from_local_dir_with_kv_cache_from_the_plan(tiny_cfg, tiny_dir, t
     assert "gpu_memory_utilization" not in kw  # a GPU share means nothing on CPU
     cache = tiny_engine.llm.llm_engine.vllm_config.cache_config
     assert cache.block_size == 128 and cache.num_gpu_blocks == 16
+    assert torch.set_num_threads is SET_NUM_THREADS  # the rest of the process keeps its thread control
 
 
 @needs_vllm
