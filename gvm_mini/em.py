@@ -315,7 +315,7 @@ def _evaluator(cfg: Config, model, tokenizer, test, verifier, rec):
             res = evaluate_policy(
                 model, tokenizer, texts, [p.answer for p in test], verifier, k=cfg.eval_samples,
                 temperature=cfg.eval_temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
-                batch_size=cfg.sample_batch_size, seed=phase_seed(cfg.seed, "eval"), progress=cfg.progress,
+                batch_size=cfg.sample_batch_size, seed=phase_seed(cfg.seed, "eval"), progress=cfg.progress, cfg=cfg,
             )
         if cfg.group_key:
             groups = [pb.meta.get(cfg.group_key) for pb in test]

@@ -148,8 +148,12 @@ def evaluate_policy(
     batch_size: int = 64,
     seed: int | None = None,
     progress: bool = False,
+    cfg=None,
 ) -> dict:
-    """Sample ``k`` completions per chat-formatted prompt and report Average@k and pass@k.
+    """Sample ``k`` completions per chat-formatted prompt and report Average@k and pass@k: with the HF
+    decode loop, or through the run's vLLM engine when ``cfg`` (the run's config) has ``backend: vllm``
+    (:func:`gvm_mini.rollout.sample_vllm_policy`, the current adapter as a LoRA request; ``batch_size``
+    is then the engine's, ``cfg.sample_batch_size``).
 
     The official evaluation (theory/algorithm.md) is ``k=8`` at temperature 1.0 (0.7 for 7B models),
     3072 new tokens, Math-Verify. Returns ``avg_at_k``, ``pass_at_k``, ``pass_at_1``, ``k``,
@@ -157,7 +161,7 @@ def evaluate_policy(
     (mean score of each problem) and ``per_draw`` (the accuracy of the j-th sample of every problem,
     j < k: their mean is Average@k, their spread is the spread over evaluation draws).
     """
-    from gvm_mini.rollout import sample_hf
+    from gvm_mini.rollout import sample_hf, sample_vllm_policy, vllm_engine
 
     if len(prompts) != len(answers):
         raise ValueError(f"prompts has {len(prompts)} entries but answers has {len(answers)}")
@@ -165,10 +169,14 @@ def evaluate_policy(
         raise ValueError(f"k must be >= 1, got {k}")
     if isinstance(verifier, str):
         verifier = get_verifier(verifier)
-    r = sample_hf(
-        model, tokenizer, prompts, [k] * len(prompts), temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress, desc="eval",
-    )
+    if cfg is not None and cfg.backend == "vllm":
+        r = sample_vllm_policy(vllm_engine(cfg), model, tokenizer, prompts, [k] * len(prompts), temperature=temperature,
+                               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
+    else:
+        r = sample_hf(
+            model, tokenizer, prompts, [k] * len(prompts), temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress, desc="eval",
+        )
     scores = np.zeros((len(prompts), k))
     slot = np.zeros(len(prompts), dtype=np.int64)
     for text, i in zip(r.texts, r.prompt_index):

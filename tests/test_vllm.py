@@ -296,6 +296,21 @@ def test_e_step_and_allocate_export_through_vllm(tiny_cfg, tiny_engine, tmp_path
 
 
 @needs_vllm
+def test_evaluation_samples_through_the_engine(tiny_cfg, tiny_engine, tiny_policy):
+    """With backend=vllm, evaluate_policy's k samples per problem come from the engine (one adapter
+    sent), the same draws for the same seed."""
+    from gvm_mini.evaluate import evaluate_policy
+
+    model, tok = tiny_policy
+    sent = tiny_engine.adapters_sent
+    kw = dict(verifier=lambda text, answer: float(len(text) % 2 == 0), k=3, max_new_tokens=12, seed=4, cfg=tiny_cfg)
+    a = evaluate_policy(model, tok, PROMPTS, ["0"] * 5, **kw)
+    assert tiny_engine.adapters_sent == sent + 1
+    assert a["problems"] == 5 and a["k"] == 3 and len(a["per_draw"]) == 3 and a["eval_tokens"] > 0
+    assert evaluate_policy(model, tok, PROMPTS, ["0"] * 5, **kw)["per_problem"] == a["per_problem"]
+
+
+@needs_vllm
 def test_4bit_is_one_clear_error_on_cpu(tiny_cfg):
     """vLLM's CPU build has no bitsandbytes ("Unknown quantization method: bitsandbytes", several
     lines from pydantic): refused in one line, by the config check and by the engine itself."""
