@@ -169,21 +169,33 @@ def _loop_norms(model, params, input_ids, attention_mask, completion_mask) -> to
     return out
 
 
+#: Columns of a low-precision tensor converted to float32 at a time by :func:`_gram` (the output
+#: head's gradient is ``[S, T, V]``: a float32 copy of it would triple the pass's peak).
+GRAM_CHUNK = 4096
+
+
 def _gram(x, y):
-    """[S, T, d] x [S, T', d] -> [S, T, T'] inner products."""
-    return torch.bmm(x, y.transpose(1, 2))
+    """[S, T, d] x [S, T', d] -> [S, T, T'] float32 inner products; a bf16/fp16 operand is converted
+    to float32 :data:`GRAM_CHUNK` columns at a time."""
+    if x.dtype == y.dtype == torch.float32:
+        return torch.bmm(x, y.transpose(1, 2))
+    out = None
+    for c in range(0, x.shape[-1], GRAM_CHUNK):
+        part = torch.bmm(x[..., c : c + GRAM_CHUNK].float(), y[..., c : c + GRAM_CHUNK].float().transpose(1, 2))
+        out = part if out is None else out.add_(part)
+    return out
 
 
 def _inner(u, v) -> torch.Tensor:
     """``<G_u, G_v>`` per sample for two uses of one tensor (see the module docstring)."""
     ku, kv = u["kind"], v["kind"]
     if ku == "bias":
-        return (u["g"].sum(1) * v["g"].sum(1)).sum(-1)
+        return (u["g"].float().sum(1) * v["g"].float().sum(1)).sum(-1)
     if ku == "lin" and kv == "lin":
         if u is v:
             i, o, T = u["a"].shape[-1], u["g"].shape[-1], u["a"].shape[1]
             if i * o <= T * T:  # instantiate the per-sample gradient, it is smaller than the Gram matrices
-                return torch.einsum("sto,sti->soi", u["g"], u["a"]).pow(2).sum((1, 2))
+                return torch.einsum("sto,sti->soi", u["g"].float(), u["a"].float()).pow(2).sum((1, 2))
         return (_gram(u["a"], v["a"]) * _gram(u["g"], v["g"])).sum((1, 2))
     if ku == "emb" and kv == "emb":
         same = u["ids"][:, :, None] == v["ids"][:, None, :]
@@ -193,7 +205,7 @@ def _inner(u, v) -> torch.Tensor:
     # <G_emb, G_lin> = sum_{t,t'} g_lin[t', x_t] * (g_emb[t] . a[t'])
     S, T = u["ids"].shape
     Tl = v["g"].shape[1]
-    c = v["g"].gather(-1, u["ids"][:, None, :].expand(S, Tl, T))  # [S, T', T]
+    c = v["g"].gather(-1, u["ids"][:, None, :].expand(S, Tl, T)).float()  # [S, T', T]
     return (c.transpose(1, 2) * _gram(u["g"], v["a"])).sum((1, 2))
 
 
@@ -219,19 +231,22 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
     outs = [o for _, _, o in calls]
     grads = torch.autograd.grad(loss, outs, allow_unused=True)
 
-    def tokens(x):  # [S, T', ...] (the last T' <= T positions) float32, padding zeroed (guards against NaN)
+    def tokens(x, own=False):  # [S, T', ...] (the last T' <= T positions), padding zeroed (guards against NaN)
         if x.shape[0] != S or x.dim() < 2 or x.shape[1] > T:
             raise RuntimeError(f"ghost norms expect module tensors shaped [S, T, ...], got {tuple(x.shape)}; "
                                "use method='loop'")
-        x = x.float()
         k = keep[:, T - x.shape[1]:].reshape(S, x.shape[1], *([1] * (x.dim() - 2)))
-        return torch.where(k, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        # gradients are ours to change in place and stay in their dtype (the head's is [S, T, V]);
+        # the products below are float32 (_gram)
+        return x.masked_fill_(~k, 0) if own else torch.where(k, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
     uses = {id(p): [] for p in params}
-    for (m, inp, _), g in zip(calls, grads):
+    calls = [(m, inp) for m, inp, _ in calls]  # the outputs (the logits among them) are no longer needed
+    del outs, lp, loss
+    for (m, inp), g in zip(calls, grads):
         if g is None:
             continue
-        g = tokens(g)
+        g = tokens(g, own=True)
         for role, p in users[m]:
             if isinstance(m, nn.Embedding):
                 if m.padding_idx is not None:  # nn.Embedding never updates the padding row

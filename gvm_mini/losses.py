@@ -155,8 +155,12 @@ def token_logprobs(
     outs = []
     for i in range(0, S, step):
         ids, am = input_ids[i : i + step], attention_mask[i : i + step]
-        keep = {"logits_to_keep": T - j + 1} if j > 1 else {}  # logits at positions j-1 .. T-1
-        logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), **keep).logits
+        # logits at positions j-1 .. T-1, as an index tensor: HF then gathers those hidden states into a
+        # contiguous tensor (an int keeps a strided slice, for which torch.matmul copies the whole
+        # [h, V] head once per row instead of folding the batch into one matrix product)
+        keep = {"logits_to_keep": torch.arange(j - 1, T, device=ids.device)} if j > 1 else {}
+        logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), use_cache=False,
+                       **keep).logits
         lp = selected_logprobs(logits[:, :-1], ids[:, j:], temperature)  # predicts tokens j .. T-1
         del logits
         has_ctx = am[:, j:].bool() & am[:, j - 1 : -1].bool()  # a real token after a real token
