@@ -129,9 +129,12 @@ def check_model_request(cfg: Config) -> None:
             raise ConfigError(f"the tokenizer of {name!r} has no chat template; gvm-mini formats prompts with it")
 
 
-def build_policy(cfg: Config):
-    """Load the model and tokenizer of ``cfg`` and add LoRA if asked. Returns ``(model, tokenizer)``."""
-    model, tokenizer = models.load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, load_in_4bit=cfg.load_in_4bit)
+def build_policy(cfg: Config, tokenizer=None):
+    """Load the model and tokenizer of ``cfg`` and add LoRA if asked. Returns ``(model, tokenizer)``.
+    ``tokenizer`` replaces the model's own (``bench/gpu_check.py`` drives the tokenizer-less shape
+    twins with the offline tokenizer, whose ids are valid ids of both)."""
+    model, own = models.load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, load_in_4bit=cfg.load_in_4bit)
+    tokenizer = tokenizer if tokenizer is not None else own
     if tokenizer is None:
         raise ConfigError(f"model {cfg.model!r} has no tokenizer (shape twins are for memory/speed benchmarks only)")
     if getattr(tokenizer, "chat_template", None) is None:
