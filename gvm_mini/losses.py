@@ -198,7 +198,7 @@ def token_logprobs_shared_prompts(
         am_p[r, Wp - len(p) :] = 1
     ids_p, am_p = ids_p.to(device), am_p.to(device)
     out = model(input_ids=ids_p, attention_mask=am_p, position_ids=position_ids_from_mask(am_p), use_cache=True,
-                logits_to_keep=1)
+                logits_to_keep=torch.tensor([Wp - 1], device=device))  # by index: see token_logprobs
     cache = out.past_key_values
     if cache is None:
         raise RuntimeError("the model returned no KV cache; use token_logprobs (gradient checkpointing in train mode?)")
