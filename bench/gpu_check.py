@@ -18,6 +18,12 @@ says so):
    4-bit QLoRA on both twins, against the goals QLoRA <= 6 GB, LoRA bf16 <= 10 GB
    (``torch.cuda.max_memory_allocated``).
 
+3. **The training code's own phases at each shipped config's shapes** (``em.build_policy``, the
+   E-step's gradient norms, one M-step update with pi_old and the KL reference, at the config's
+   micro-batch and full prompt + completion length), each phase's measured peak beside the memory
+   plan's (``gvm_mini.plan.phase_memory``): where the first real run would run out of memory, this
+   does too.
+
 4-bit needs bitsandbytes. The GPU machine has none and no network, so a wheel carried in the working
 tree is installed offline (``pip install --no-index --no-deps --target bench/.bnb-site WHEEL``):
 ``--bnb-wheel PATH``, else the newest ``bitsandbytes-*.whl`` under ``shared/``, ``.whl/`` (git-ignored;
@@ -267,6 +273,87 @@ def one_update(name: str, mode: str, *, dry: bool, device, tok, batch: int, leng
 
 
 # ---------------------------------------------------------------------------------------------
+# part 3: the training code's own phases at a shipped config's shapes, beside the plan
+# ---------------------------------------------------------------------------------------------
+
+CONFIGS = {"qwen2.5-math-1.5b": "configs/qwen2.5-math-1.5b_gvm-raftpp.yaml",
+           "llama-3.2-1b": "configs/llama-3.2-1b-instruct_gvm-raftpp.yaml"}
+
+
+def phase_peaks(name: str, *, dry: bool, device, tok) -> dict:
+    """The shipped config of twin ``name`` run through the training code: ``em.build_policy`` (the
+    twin, LoRA, gradient checkpointing), the E-step's ``accepted_grad_norms`` on two micro-batches of
+    accepted pilots and one ``m_step`` update (pi_old, the KL reference, two micro-batches), at the
+    config's micro-batch and full length (prompt + completion). Each phase's peak (CUDA:
+    ``max_memory_allocated``; CPU: the weights plus ``plan.peak_tensor_bytes``) beside the plan's
+    (``plan.phase_memory``). ``--dry-run``: the built-in tiny model of the same architecture at 64
+    tokens instead of the twin (the code path, not the figures)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from gvm_mini import mstep
+    from gvm_mini.config import load_config
+    from gvm_mini.em import build_policy
+    from gvm_mini.estep import accepted_grad_norms
+    from gvm_mini.models import weight_bytes
+    from gvm_mini.plan import peak_tensor_bytes, phase_memory, resolve_shape
+    from gvm_mini.rollout import Rollout
+
+    cfg = load_config(str(ROOT / CONFIGS[name]))
+    model_name = ("tiny-qwen2" if name.startswith("qwen") else "tiny-llama") if dry else f"twin:{name}"
+    cfg = dataclasses.replace(cfg, model=model_name, device=str(device), dtype="float32" if dry else cfg.dtype,
+                              lora_r=8 if dry else cfg.lora_r, progress=False)
+    micro = cfg.micro_batch_size or cfg.mini_batch_size
+    T = 64 if dry else cfg.max_prompt_length + cfg.max_completion_length
+    meta, _ = resolve_shape(cfg)
+    cuda = device.type == "cuda"
+
+    def peak(fn, *args):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            fn(*args)
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        before = weight_bytes(model) + sum(t.numel() * t.element_size() for st in opt.state.values()
+                                           for t in st.values() if torch.is_tensor(t))
+        return before + peak_tensor_bytes(fn, *args)[0]
+
+    t0 = time.perf_counter()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model, tok = build_policy(cfg, tokenizer=tok)
+    built = torch.cuda.max_memory_allocated() if cuda else weight_bytes(model)
+    vocab = len(tok)
+    g = np.random.default_rng(0)
+    S = 2 * micro
+    P = [1] + [T // 2] * (S - 1)  # one short prompt: logits from position 1 on, the plan's worst case
+    ids = [g.integers(0, vocab, T).tolist() for _ in range(S)]
+    ro = Rollout(np.arange(S) // 2, [x[:p] for x, p in zip(ids, P)], [x[p:] for x, p in zip(ids, P)],
+                 [np.zeros(T - p, np.float32) for p in P], [""] * S, np.zeros(S, bool))
+    rewards = np.ones(S)
+    gcfg = dataclasses.replace(cfg, mini_batch_size=S)
+    opt = mstep.make_optimizer(gcfg, model)
+    gradnorm = peak(accepted_grad_norms, gcfg, model, tok, ro, rewards, S // 2)
+    ref = mstep.kl_reference(gcfg, model, mstep.initial_reference(gcfg, model))
+    mstep.m_step(gcfg, model, opt, ro, rewards, tok.pad_token_id, ref, seed=0)  # the AdamW moments now exist
+    update = peak(mstep.m_step, gcfg, model, opt, ro, rewards, tok.pad_token_id, ref, 1)
+    plan = {"build_policy": phase_memory(cfg, meta, "weights", rows=0, tokens=0),
+            "gradnorm": phase_memory(cfg, meta, "gradnorm", rows=micro, tokens=T),
+            "update": max(phase_memory(cfg, meta, p, rows=micro, tokens=T) for p in ("update", "logprobs"))}
+    measured = {"build_policy": built, "gradnorm": gradnorm, "update": update}
+    row = {"part": "phases", "twin": name, "mode": "lora", "config": CONFIGS[name], "micro": micro, "length": T,
+           "wall_s": time.perf_counter() - t0,
+           "phases": {k: {"measured_gb": measured[k] / 2**30, "planned_gb": plan[k] / 2**30,
+                          "ratio": plan[k] / measured[k]} for k in measured}}
+    del model, opt
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
 
@@ -312,6 +399,7 @@ def main() -> int:
 
     plan = [("iteration", TWINS[0], "lora"), ("iteration", TWINS[0], "qlora"), ("iteration", TWINS[1], "lora")]
     plan += [("update", t, m) for t in TWINS for m in ("lora", "qlora")]
+    plan += [("phases", t, "lora") for t in TWINS]
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="gvm-gpu-check-") as tmp:
         for k, (part, twin, mode) in enumerate(plan):
@@ -329,6 +417,8 @@ def main() -> int:
             try:
                 if part == "iteration":
                     row = one_iteration(twin, mode, dry=dry, device=device, tok=tok, out=Path(tmp) / f"run{k}")
+                elif part == "phases":
+                    row = phase_peaks(twin, dry=dry, device=device, tok=tok)
                 else:
                     row = one_update(twin, mode, dry=dry, device=device, tok=tok, batch=batch, length=length, micro=micro)
             except Exception as e:  # noqa: BLE001 - one failing part must not hide the others
@@ -340,6 +430,10 @@ def main() -> int:
             rows.append(row)
             if "error" in row:
                 print(f"{label}  ERROR {row['error'][:300]}", flush=True)
+            elif part == "phases":
+                print(f"{label}  {row['config']} at micro-batch {row['micro']} x {row['length']} tokens: " + ", ".join(
+                    f"{k} {v['measured_gb']:.2f} GiB (plan {v['planned_gb']:.2f}, x{v['ratio']:.2f})"
+                    for k, v in row["phases"].items()), flush=True)
             elif part == "iteration":
                 mem = f", peak {row['cuda_max_allocated_gb']:.2f} GB" if "cuda_max_allocated_gb" in row else ""
                 print(f"{label}  {row['wall_s']:7.1f} s  {row['samples']} samples, {row['tokens']} tokens, "

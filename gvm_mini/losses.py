@@ -69,7 +69,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 #: Rows of logits turned into log-probs at a time by :class:`SelectedLogProb` (its float32 temporaries
 #: are a few ``[LOGPROB_CHUNK_TOKENS, V]`` tensors, whatever the batch).
-LOGPROB_CHUNK_TOKENS = 256
+LOGPROB_CHUNK_TOKENS = 64
 
 
 class SelectedLogProb(torch.autograd.Function):

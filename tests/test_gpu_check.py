@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -37,6 +39,15 @@ def test_gpu_check_dry_run():
         assert it["accepted"] > 0 and any(0 < p < 1 for p in it["p"])
         up = rows[("update", twin, "lora")]
         assert up["updates"] == 1 and up["step_s"] > 0 and up["batch"] == 2 and up["length"] == 64
+        # the training code's own phases at the shipped config's micro-batch, beside the plan's peaks
+        ph = rows[("phases", twin, "lora")]
+        assert ph["micro"] == 4 and ph["length"] == 64 and ph["config"].startswith("configs/")
+        assert set(ph["phases"]) == {"build_policy", "gradnorm", "update"}
+        for v in ph["phases"].values():
+            assert v["measured_gb"] > 0 and v["planned_gb"] > 0
+            assert v["ratio"] == pytest.approx(v["planned_gb"] / v["measured_gb"])
+        # the passes need more than the weights they start from
+        assert ph["phases"]["update"]["measured_gb"] > ph["phases"]["build_policy"]["measured_gb"]
     if importlib.util.find_spec("bitsandbytes") is None:  # the QLoRA parts are skipped, with the reason
         assert {(s["part"], s["mode"]) for s in rec["skipped"]} == {("iteration", "qlora"), ("update", "qlora")}
         assert all(s["why"].startswith("bitsandbytes: ") for s in rec["skipped"])

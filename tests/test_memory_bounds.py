@@ -147,7 +147,7 @@ def test_selected_logprobs_peak_is_about_two_logits():
     old, _ = peak_tensor_bytes(run, _plain)
     assert old >= 3.5 * size  # what the plan had to assume before (measured 4.05 on the real shapes)
     chunk = losses.LOGPROB_CHUNK_TOKENS * Vw * 4
-    assert new <= 2 * size + 4 * chunk, new / size  # the logits, their gradient, a few [256, V] float32 chunks
+    assert new <= 2 * size + 4 * chunk, new / size  # the logits, their gradient, a few [chunk, V] float32 temporaries
 
 
 def test_logits_from_keeps_the_completion_logprobs():
@@ -157,3 +157,20 @@ def test_logits_from_keeps_the_completion_logprobs():
     part = losses.token_logprobs(model, ids, am, logits_from=6)
     assert part.shape == full.shape and (part[:, :6] == 0).all()
     torch.testing.assert_close(part[:, 6:], full[:, 6:], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_norms_with_chunked_gram_match_float32(monkeypatch):
+    """In bf16 the head's gradient stays bf16 and its Gram products are formed in float32 a few
+    columns at a time (:data:`gvm_mini.gradnorm.GRAM_CHUNK`): the norms equal the float32 model's to
+    bf16 precision, and do not depend on the chunking."""
+    from gvm_mini import gradnorm
+
+    model = _model().eval()
+    ids, am, cm = _batch()
+    ref = per_sample_grad_norms(model, ids, am, cm)
+    half = _model().eval().to(torch.bfloat16)
+    whole = per_sample_grad_norms(half, ids, am, cm)
+    monkeypatch.setattr(gradnorm, "GRAM_CHUNK", 100)  # 21 column chunks of the 2048-wide head
+    chunked = per_sample_grad_norms(half, ids, am, cm, batch_size=3)
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(whole, ref, rtol=3e-2, atol=1e-3)
