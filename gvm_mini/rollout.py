@@ -152,18 +152,26 @@ def _no_gradient_checkpointing(model):
             m.gradient_checkpointing = True
 
 
+#: decode steps between the loop's looks at which rows have ended (its only host syncs)
+CHECK_EVERY = 8
+
+
 def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, ends: torch.Tensor, pad: int,
-            temperature: float, top_p: float, max_new_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+            temperature: float, top_p: float, max_new_tokens: int, device,
+            check_every: int = CHECK_EVERY) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one completion per entry of ``expand`` (an index into ``prompt_ids``) with a KV cache.
 
     Each distinct prompt is encoded once (one left-padded prefill of the distinct prompts, only the
     last position's logits); its cache rows are then repeated for its samples. Each step draws from
     the processed logits (softmax, then the first token whose cumulative probability exceeds a uniform
     draw: the same distribution as HF ``generate``'s multinomial, at a fraction of its CPU cost) and records the behaviour
-    log-probability of the drawn token as ``logit - logsumexp(logits)``. Rows that have emitted
-    any id of ``ends`` (a 1-D CPU tensor, :func:`end_token_ids`) are dropped from the batch (cache
-    included) once they are a quarter of it, so finished samples cost nothing. Returns
-    ``tokens [B, T]`` (``pad`` after the end) and ``logps [B, T]``.
+    log-probability of the drawn token as ``logit - logsumexp(logits)``. Tokens and log-probs stay on
+    the model's device; every ``check_every`` steps (and only then: no per-token host sync) the loop
+    counts the rows that have emitted any id of ``ends`` (a 1-D tensor, :func:`end_token_ids`), stops
+    when all have, and drops them from the batch (cache included) once they are a quarter of it, so a
+    finished sample costs at most ``check_every - 1`` extra steps. Returns ``tokens [B, T]`` (after a
+    row's end token: ``pad`` or tokens it drew before it was dropped; :func:`sample_hf` cuts at the
+    end) and ``logps [B, T]``, on the CPU.
     """
     U, B = len(prompt_ids), len(expand)
     lengths = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
@@ -187,39 +195,43 @@ def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, ends: tor
         logits = logits.index_select(0, rows)
     attn = attn.to(device).index_select(0, rows)
     next_pos = lengths.to(device).index_select(0, rows)  # position of the first generated token
-    tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long)
-    logps = torch.zeros((B, max_new_tokens), dtype=torch.float32)
-    live = torch.arange(B)  # batch row -> sample, for the rows still in the batch
-    going = torch.ones(B, dtype=torch.bool)  # per batch row: no end token yet
+    tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+    logps = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    ends = ends.to(device)
+    live = torch.arange(B, device=device)  # batch row -> sample, for the rows still in the batch
+    going = torch.ones(B, dtype=torch.bool, device=device)  # per batch row: no end token yet
     for t in range(max_new_tokens):
         scores = _process(logits, temperature, top_p)
         if temperature > 0:  # inverse-CDF draw: P(i) = p_i; several times faster than multinomial on CPU
             cdf = scores.softmax(-1).cumsum(-1)
-            u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
+            # one uniform per sample of the chunk, dropped or not: a sample's draws do not depend on when
+            # the finished rows leave the batch (check_every)
+            u = torch.rand((B, 1), device=cdf.device).index_select(0, live) * cdf[:, -1:]
             nxt = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
         else:
             nxt = scores.argmax(-1)
         lp = scores.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(scores, -1)
-        nxt_cpu = nxt.cpu()
         # a finished row still in the batch writes past its end; sample_hf cuts at the first end token
-        tokens[live, t] = nxt_cpu
-        logps[live, t] = lp.cpu()
-        going &= ~torch.isin(nxt_cpu, ends)
-        n_going = int(going.sum())
-        if t == max_new_tokens - 1 or n_going == 0:
+        tokens[live, t] = nxt
+        logps[live, t] = lp
+        going &= ~torch.isin(nxt, ends)
+        if t == max_new_tokens - 1:
             break
-        if n_going <= 0.75 * going.numel():  # compact: drop the finished rows (and their cache)
-            keep = torch.nonzero(going).squeeze(1)
-            keep_dev = keep.to(device)
-            cache.reorder_cache(keep_dev)
-            live, going, nxt, attn, next_pos = live[keep], going[keep], nxt[keep_dev], attn[keep_dev], next_pos[keep_dev]
+        if (t + 1) % check_every == 0:  # the loop's only host sync
+            n_going = int(going.sum())
+            if n_going == 0:
+                break
+            if n_going <= 0.75 * going.numel():  # compact: drop the finished rows (and their cache)
+                keep = torch.nonzero(going).squeeze(1)
+                cache.reorder_cache(keep)
+                live, going, nxt, attn, next_pos = live[keep], going[keep], nxt[keep], attn[keep], next_pos[keep]
         if padded:
             attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], 1)
         out = model(input_ids=nxt[:, None], attention_mask=attn if padded else None,
                     position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
         logits = out.logits[:, -1].float()
-    return tokens, logps
+    return tokens.cpu(), logps.cpu()
 
 
 @torch.no_grad()

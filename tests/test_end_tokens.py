@@ -146,11 +146,13 @@ def test_rows_ending_at_different_steps_on_different_ids(policy):
 # a single eos: exactly the former behaviour
 # --------------------------------------------------------------------------------------------------
 
-#: sample_hf before end_token_ids existed (stopping at tokenizer.eos_token_id only), same call as below:
-#: token ids and truncation flags
-_FORMER_IDS = [[417, 47, 2], [28, 371, 323, 2], [461, 2], [412, 508, 283, 468, 2],
-               [468, 294, 501, 330, 389, 6, 331, 176], [22, 272, 318, 109, 498, 250, 111, 54]]
-_FORMER_TRUNCATED = [False, False, False, False, True, True]
+#: sample_hf stopping at tokenizer.eos_token_id only, same call as below: token ids and truncation flags.
+#: Pinned before end_token_ids existed, re-pinned once when the decode loop stopped syncing with the host
+#: per token (each sample now draws its own uniform every step, so its draws no longer depend on when
+#: other rows leave the batch; [417, 47, 2], [461, 2] and the first three tokens of the others are as before)
+_FORMER_IDS = [[417, 47, 2], [28, 371, 323, 468, 6, 100, 2], [461, 2], [412, 508, 283, 111, 336, 228, 504, 461],
+               [468, 294, 501, 2], [22, 272, 318, 393, 179, 373, 160, 288]]
+_FORMER_TRUNCATED = [False, False, False, True, False, True]
 
 
 def test_single_eos_sampling_is_unchanged(policy):

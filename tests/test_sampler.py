@@ -127,3 +127,50 @@ def test_draws_follow_the_model_distribution(policy):
                          minlength=p.numel()).float() / n
     tv_ref = 0.5 * (ref - p).abs().sum().item()
     assert tv < 1.3 * tv_ref + 0.02, (tv, tv_ref)
+
+
+def test_decode_loop_syncs_with_the_host_once_per_check(policy, monkeypatch):
+    """No per-token host sync: tokens and log-probs stay on the model's device, and the loop looks at
+    which rows have ended only every CHECK_EVERY steps. Counted here as the calls that copy a tensor
+    to the host (``.cpu()``, ``.item()``, ``.tolist()``, ``.numpy()``, ``int()``, ``bool()``, ``float()``)
+    during a 32-token decode of 6 rows that never end: 2 on the host-built prompt lengths, 32 / 8 - 1 = 3
+    checks, 2 final copies (the former loop made 3 per token: 96). The prompts have equal lengths: with
+    ragged ones transformers' mask builder checks the padding mask once per step (its own sync)."""
+    from gvm_mini import rollout
+
+    model, tok = policy
+    calls = []
+    for name in ("cpu", "item", "tolist", "numpy", "__int__", "__bool__", "__float__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **k):
+            calls.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    prompts = [tok(p, add_special_tokens=False)["input_ids"][:4] for p in PROMPTS[:3]]
+    with torch.no_grad():
+        tokens, logps = rollout._decode(model, prompts, np.array([0, 0, 1, 1, 2, 2]), ends=torch.tensor([-1]),
+                                        pad=tok.pad_token_id, temperature=1.0, top_p=0.9, max_new_tokens=32,
+                                        device=torch.device("cpu"))
+    monkeypatch.undo()
+    assert tokens.shape == (6, 32) and bool((logps < 0).all())
+    assert rollout.CHECK_EVERY == 8 and len(calls) <= 2 + 3 + 2, calls
+
+
+def test_samples_do_not_depend_on_when_finished_rows_are_dropped(policy, monkeypatch):
+    """Each sample draws its own uniform at every step whether or not other rows are still in the
+    batch, so checking for ended rows every step or every 8 gives the same samples (the matmuls of
+    different batch widths round differently, so a tie within ~1e-6 could in principle flip a draw)."""
+    from gvm_mini import rollout
+
+    model, tok = policy
+    runs = []
+    for every in (1, 8):
+        monkeypatch.setattr(rollout, "CHECK_EVERY", every)
+        monkeypatch.setattr(rollout._decode, "__kwdefaults__", {"check_every": every})
+        runs.append(sample_hf(model, tok, PROMPTS, COUNTS, temperature=1.0, top_p=0.9, max_new_tokens=16, seed=3))
+    a, b = runs
+    assert a.completion_ids == b.completion_ids  # log-probs to float rounding: the batch widths differ
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(a.logprobs, b.logprobs))
+    assert len({len(c) for c in a.completion_ids}) > 2  # rows ended at different steps: some were dropped
