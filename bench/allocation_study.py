@@ -425,6 +425,8 @@ def _table(task: str, summary: dict, n_pairs: str) -> str:
     if summary.get("runs_command"):
         lines += [f"Runs: `{summary['runs_command']}` ({summary['machine']}), read by `{summary['command']}` at commit "
                   f"{summary['commit']}.", ""]
+    elif summary.get("command"):
+        lines += [f"Run by `{summary['command']}` at commit {summary.get('commit', '?')} ({summary.get('machine', '?')}).", ""]
     one_factor = any("vs_uniform_same_weighting" in r for rows in summary["by_algorithm"].values() for r in rows.values())
     if not one_factor:  # a task summarised before the one-factor pairs existed: its old columns
         lines += ["Summarised before the study paired each rule with the uniform arm of its own M-step weighting: "
@@ -468,7 +470,11 @@ def _figure(results: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(results["tasks"])
+    def one_factor(t):
+        return any("vs_uniform_same_weighting" in r for rows in t["by_algorithm"].values() for r in rows.values())
+
+    # the tasks with one-factor pairs (the others are the first study's, in allocation_study_v1.png)
+    tasks = [t for t in results["tasks"] if one_factor(results["tasks"][t])] or list(results["tasks"])
     ncols = min(3, len(tasks))
     nrows = -(-len(tasks) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6), squeeze=False, sharey=False)
@@ -490,9 +496,10 @@ def _figure(results: dict, path: Path, title: str) -> None:
         ax.set_yticks(np.arange(len(labels)), [("weighting only\n(uniform-prompt)" if lab == "uniform-prompt" else lab)
                                                for lab in labels])
         ax.invert_yaxis()
-        ax.set_xlabel("paired difference vs uniform with the same M-step weighting\n("
+        ax.set_xlabel("rule − uniform with the same M-step weighting\n("
                       + ("-L(θ)" if task == "synthetic" else "test accuracy") + "; right = better)", fontsize=9)
-        ax.set_title(task + (" (tuning task)" if task == "rules" else " (held out)"), fontsize=10)
+        ax.set_title(task + (" (tuning task, re-run)" if task == "rules" else " (fresh held-out task)" if task in FRESH_TASKS
+                             else " (re-run)"), fontsize=10)
         ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.grid(alpha=0.3, axis="x")
     handles, names = [], []
@@ -502,7 +509,9 @@ def _figure(results: dict, path: Path, title: str) -> None:
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
-    fig.suptitle(title.replace(", mean", ",\nmean"), fontsize=10)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, width=62 * ncols), fontsize=10)
     fig.tight_layout(rect=(0, 0.05 if nrows > 1 else 0.07, 1, 1))
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -533,6 +542,7 @@ def study(args, out: Path, cache: Path) -> dict:
         results["tasks"].update(kept.get("tasks", {}))
     rules = RULES if not args.smoke else [r for r in RULES if r[0] in ("uniform", "uniform-prompt", "gvm_robust")]
     algorithms = ALGORITHMS if not args.smoke else {"RAFT++": "raftpp"}
+    start_commit = _commit()  # the code the runs execute is the code at their start
     for task in tasks:
         t0 = time.perf_counter()
         if task == "smollm2":
@@ -546,9 +556,16 @@ def study(args, out: Path, cache: Path) -> dict:
             summary = _run_task(out / task, task, warm, seeds, rules, algorithms, budget=budget, extra=extra,
                                 cache=cache, workers=args.workers, smoke=args.smoke)
         summary["wall_seconds"] = time.perf_counter() - t0
-        summary["commit"] = _commit()
+        summary["commit"] = start_commit
         summary["machine"] = demo.report.machine()
         summary["command"] = "python bench/allocation_study.py " + " ".join(sys.argv[1:])
+        if task not in ("synthetic", "smollm2"):
+            summary.update(warm_starts=warm, seeds=seeds, n_pairs=f"{len(warm)} warm starts x {len(seeds)} seed"
+                           + ("s" if len(seeds) != 1 else ""))
+        if task in FRESH_TASKS:
+            summary["held_out"] = "fresh: designed and committed (cb57479) before its first run"
+        elif task != "smollm2":
+            summary["held_out"] = "re-run with the one-factor pairs and the corrected gvm_robust"
         results["tasks"][task] = summary
         _write(results, args, "allocation_study", STUDY_TITLE)
     return results
@@ -556,6 +573,13 @@ def study(args, out: Path, cache: Path) -> dict:
 
 STUDY_TITLE = ("Each rule minus uniform with the same M-step weighting, at equal generated tokens (pilots counted), "
                "mean ± SE over (warm start, seed); 'weighting only' is uniform-prompt minus uniform")
+
+
+def _pairs_label(summary: dict, n_warm: int) -> str:
+    """'3 warm starts x 2 seeds', read from the task's own runs (a task may have more seeds than the header's)."""
+    finals = len(next(iter(next(iter(summary["by_algorithm"].values())).values()))["finals"])
+    seeds = finals // max(n_warm, 1)
+    return f"{n_warm} warm starts x {seeds} seed{'s' if seeds != 1 else ''}"
 
 
 def _write(results: dict, args, name: str, title: str) -> None:
@@ -568,7 +592,8 @@ def _write(results: dict, args, name: str, title: str) -> None:
                 r.pop("curve", None)
     atomic_write_text(dest / f"{name}.json", json.dumps(slim, indent=1))
     command = results.get("command", "python bench/allocation_study.py " + " ".join(sys.argv[1:]))
-    md = [f"# {title}", "", f"`{command}` (commit {results['commit']}; {results['machine']}).", ""]
+    md = [f"# {title}", "", (f"`{command}` (commit {results['commit']}; {results['machine']})." if name != "allocation_study"
+                             else "Each task names the command and commit that ran it."), ""]
     if name == "allocation_study":
         md += ["Columns: final test accuracy (Average@4 at T = 1; synthetic: -L(θ)) read on each run's curve at the "
                "budget. Each rule is paired (same warm start and seed) with the uniform arm that runs the *same* M-step "
@@ -585,9 +610,12 @@ def _write(results: dict, args, name: str, title: str) -> None:
                f"before any other task was run: `{json.dumps(PREREGISTERED)}` with `{json.dumps(ROBUST)}` "
                f"(committed in {results.get('preregistration_commit', PREREGISTRATION_COMMIT)}; the grid is in allocation_study_tuning.md).", ""]
     for task, summary in results["tasks"].items():
-        n = summary.get("n_pairs") or (f"{len(results['warm_starts'])} warm starts x {len(results['seeds'])} seeds"
+        n = summary.get("n_pairs") or (_pairs_label(summary, len(results["warm_starts"]))
                                        if task != "synthetic" else "3 models x 4 seeds")
-        md += [_table(task, summary, n), ""]
+        one_factor = any("vs_uniform_same_weighting" in r for rows in summary["by_algorithm"].values() for r in rows.values())
+        tag = (" — fresh held-out task, first run" if task in FRESH_TASKS else " — tuning task, re-run" if task == "rules"
+               else " — re-run" if one_factor else " — run in the first study")
+        md += [_table(task + tag, summary, n), ""]
         mech = _mechanism_table(task, summary) if name == "allocation_study" else ""
         if mech:
             md += [mech, ""]
