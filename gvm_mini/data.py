@@ -459,7 +459,7 @@ def prompt_token_lengths(tokenizer, problems, *, system: str | None = DEFAULT_SY
                          instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
     """Tokens of each problem's chat prompt (:func:`format_chat`), as the sampler encodes it."""
     texts = [format_chat(tokenizer, p.problem, system=system, instruction=instruction) for p in problems]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
 def filter_overlong_prompts(tokenizer, problems, max_prompt_length: int, *, system: str | None = DEFAULT_SYSTEM,

@@ -367,5 +367,6 @@ def test_overlong_prompts_are_filtered_and_counted():
     cfg = SimpleNamespace(system_prompt="default", instruction="default", max_prompt_length=lengths[2])
     train, test = prompts_that_fit(cfg, tok, problems, problems[2:], out=said.append)
     assert train == problems[:3] and test == problems[2:3]
+    assert prompts_that_fit(cfg, tok, problems[:1], [], out=said.append) == (problems[:1], [])  # no evaluation set
     assert said == [f"filter_overlong_prompts: left out 1 of 4 training prompts longer than max_prompt_length={lengths[2]} tokens",
                     f"filter_overlong_prompts: left out 1 of 2 evaluation prompts longer than max_prompt_length={lengths[2]} tokens"]
