@@ -223,7 +223,8 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
             hooks.append(m.register_forward_hook(hook))
         has = completion_mask.bool().any(0)
         first = int(torch.nonzero(has).flatten()[0]) if bool(has.any()) else T - 1
-        lp = token_logprobs(model, input_ids, attention_mask, logits_from=max(first, 1))
+        j = min(max(first, 1), T)  # the head sees positions j - 1 .. T - 2 only (token_logprobs' logits_from)
+        lp = token_logprobs(model, input_ids, attention_mask, logits_from=j)
     finally:
         for h in hooks:
             h.remove()
@@ -231,11 +232,13 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
     outs = [o for _, _, o in calls]
     grads = torch.autograd.grad(loss, outs, allow_unused=True)
 
-    def tokens(x, own=False):  # [S, T', ...] (the last T' <= T positions), padding zeroed (guards against NaN)
-        if x.shape[0] != S or x.dim() < 2 or x.shape[1] > T:
+    def tokens(x, own=False):  # [S, T, ...], or the head's [S, T - j, ...] (positions j-1 ..), padding zeroed
+        W = x.shape[1] if x.dim() >= 2 else -1
+        if x.shape[0] != S or W not in (T, T - j):
             raise RuntimeError(f"ghost norms expect module tensors shaped [S, T, ...], got {tuple(x.shape)}; "
                                "use method='loop'")
-        k = keep[:, T - x.shape[1]:].reshape(S, x.shape[1], *([1] * (x.dim() - 2)))
+        start = 0 if W == T else j - 1
+        k = keep[:, start : start + W].reshape(S, W, *([1] * (x.dim() - 2)))
         # gradients are ours to change in place and stay in their dtype (the head's is [S, T, V]);
         # the products below are float32 (_gram)
         return x.masked_fill_(~k, 0) if own else torch.where(k, x, torch.zeros((), dtype=x.dtype, device=x.device))

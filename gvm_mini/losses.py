@@ -28,6 +28,8 @@ The one-line map from algorithm to loss (theory/algorithm.md)::
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -151,17 +153,22 @@ def token_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     S, T = input_ids.shape
     j = min(max(int(logits_from or 1), 1), T)
+    params = inspect.signature(model.forward).parameters
+    hf = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     step = S if not chunk_size else int(chunk_size)
     outs = []
     for i in range(0, S, step):
         ids, am = input_ids[i : i + step], attention_mask[i : i + step]
-        # logits at positions j-1 .. T-1, as an index tensor: HF then gathers those hidden states into a
-        # contiguous tensor (an int keeps a strided slice, for which torch.matmul copies the whole
-        # [h, V] head once per row instead of folding the batch into one matrix product)
-        keep = {"logits_to_keep": torch.arange(j - 1, T, device=ids.device)} if j > 1 else {}
-        logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), use_cache=False,
-                       **keep).logits
-        lp = selected_logprobs(logits[:, :-1], ids[:, j:], temperature)  # predicts tokens j .. T-1
+        # logits at positions j-1 .. T-2 (those predicting tokens j .. T-1) and no others, as an index
+        # tensor: HF gathers those hidden states into a contiguous tensor, so the logits need no slicing
+        # (a sliced copy and its full-size gradient cost two more [S, T, V] tensors), and torch.matmul
+        # folds the batch (an int logits_to_keep leaves a strided slice, for which it copies the [h, V]
+        # head once per row)
+        kw = {"logits_to_keep": torch.arange(j - 1, T - 1, device=ids.device), "use_cache": False} if hf else {}
+        logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), **kw).logits
+        if logits.shape[1] == T:  # a model without logits_to_keep
+            logits = logits[:, j - 1 : T - 1]
+        lp = selected_logprobs(logits, ids[:, j:], temperature)  # predicts tokens j .. T-1
         del logits
         has_ctx = am[:, j:].bool() & am[:, j - 1 : -1].bool()  # a real token after a real token
         lp = torch.where(has_ctx, lp, torch.zeros_like(lp))
