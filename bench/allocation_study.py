@@ -364,6 +364,19 @@ def _smollm2(runs: Path, rules=RULES) -> dict:
 SYNTH = dict(m=8, per_prompt=4, k=5, step=4.0, n_pilot=8, T=12)
 
 
+def _robust_on_pilot(p, G, budget, **kw):
+    """gvm_robust as the loop runs it, on the synthetic task's pilot: the robust estimates (Beta posterior,
+    G shrunk to the pool, weighted by the accepted pilots) of the N' pilot counts ``k = p N'``, then the
+    rule with its default floor and cap. (No history: every E-step pilots every prompt afresh.)"""
+    from gvm_mini import allocation as A
+    from gvm_mini import estimators as E
+
+    n_p = SYNTH["n_pilot"]
+    k = np.rint(np.asarray(p) * n_p)
+    p_hat, G_hat = E.robust_estimates(k, np.full(k.size, n_p), G, G_count=k)
+    return A.gvm_robust(p_hat, G_hat, budget, **{key: v for key, v in kw.items() if key in ("alpha", "beta")})
+
+
 def _synthetic(warm: list[int], seeds: list[int], *, smoke: bool, rules=RULES) -> dict:
     """Each rule on ``make_model(seed=w, p_range=(0.005, 0.9))`` at the regime map's best cell (wide
     spread, eta = 4 gamma), its ``p_i``/``G_i`` estimated from N' = 8 pilots (counted) except uniform's;
@@ -382,15 +395,17 @@ def _synthetic(warm: list[int], seeds: list[int], *, smoke: bool, rules=RULES) -
             N = SYNTH["per_prompt"] * SYNTH["m"]
             for s in seeds:
                 kw = {} if allocation == "uniform" else {"n_pilot": SYNTH["n_pilot"], "min_per_prompt": 0}
-                tr = S.run_em(model, allocation, N, T, SYNTH["k"], eta, s, **kw)
+                rule = _robust_on_pilot if allocation == "gvm_robust" else allocation
+                tr = S.run_em(model, rule, N, T, SYNTH["k"], eta, s, **kw)
                 spent = float(np.sum(tr.samples))
                 if allocation != "uniform":
                     finals.append(-float(tr.loss[-1]))
-                else:  # uniform gets as many samples as the pilot-based rules spend (its E-steps are cheaper)
-                    T_u = int(round(T * (N * SYNTH["k"] + SYNTH["n_pilot"] * SYNTH["m"]) / (N * SYNTH["k"])))
+                else:  # uniform read at exactly the samples the pilot-based rules spend (its E-steps are cheaper):
+                    # N samples per M-step and no pilot, so its loss after S samples is at M-step S / N (interpolated)
+                    spent = float(T * (N * SYNTH["k"] + SYNTH["n_pilot"] * SYNTH["m"]))
+                    T_u = int(np.ceil(spent / (N * SYNTH["k"])))
                     tr = S.run_em(model, "uniform", N, T_u, SYNTH["k"], eta, s)
-                    finals.append(-float(tr.loss[-1]))
-                    spent = float(np.sum(tr.samples))
+                    finals.append(-float(np.interp(spent, N * np.arange(tr.loss.size), tr.loss)))
                 costs.append(spent)
         pilot = 0.0 if allocation == "uniform" else SYNTH["n_pilot"] * SYNTH["m"] / (SYNTH["n_pilot"] * SYNTH["m"] + N * SYNTH["k"])
         out[label] = {"finals": finals, "samples": float(np.mean(costs)), "pilot_sample_share": pilot,
