@@ -49,6 +49,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "study": lambda: _json("bench/results/allocation_study_v1.json"),
     # the study with one-factor pairs and the corrected gvm_robust: python bench/allocation_study.py
     "study2": lambda: _json("bench/results/allocation_study.json"),
+    "weighting": lambda: _json("bench/results/weighting_variance.json"),  # python bench/weighting_variance.py
     "tuning": lambda: _json("bench/results/allocation_study_tuning.json"),  # allocation_study.py --tune
     "map": lambda: _json("bench/results/allocation_map.json"),  # allocation_study.py --map
     "paper": lambda: _json("bench/results/paper_updates.json"),  # allocation_study.py --paper
@@ -521,6 +522,27 @@ NB03_PAPER_ROWS = [  # notebooks/03: RAFT++, updates per M-step | accuracy at 23
     ("gvm-fork-updates", "| paper GVM, the fork's updates | 65.2 | 0.519 ± 0.007 |"),
     ("uniform-same-updates", "| uniform with the same updates | 64.0 | 0.555 ± 0.008 |"),
 ]
+
+
+def wv(k: int, rule: str, w: str, key: str = "vs_uniform_same_weighting") -> Callable:
+    """weighting_variance.json: the rule's MSE ratio at k samples per prompt under weighting ``w``."""
+    return lambda d: d["ratios"][f"{k}/prompt:{rule}"][w][key]
+
+
+WV_ROWS = {  # bench/README.md, "The M-step weighting and the allocation": Lemma 1, prompt, tokens at 4 and 8 per prompt
+    rule: f"| `{rule}` | " + " | ".join("{:.3f}" for _ in range(6)) + " |"
+    for rule in ("gvm", "acceptance_only", "gvm_robust", "lemma1_bound", "exact_neyman")
+}
+
+
+def _wv_rows() -> list[Quote]:
+    d = _json("bench/results/weighting_variance.json")
+    out = []
+    for rule, fmt in WV_ROWS.items():
+        cols = [wv(k, rule, w) for w in ("lemma1", "prompt", "tokens") for k in (4, 8)]
+        text = fmt.format(*(c(d) for c in cols))  # the row as the bench printed it; each cell is checked below
+        out += row(BENCH, text, "weighting", cols)
+    return out
 
 
 def _study_row(task: str, alg: str, text: str) -> list[Quote]:
@@ -1063,6 +1085,25 @@ QUOTES: list[Quote] = [
     *q(DEMO, "GRPO -0.054 and -{0.029})", "demo_isa", _isa_gap("GVM-GRPO", 1, -1), 3),
     *q(DEMO, "Robust-GRPO's (-{0.009} natively", "demo_isa", _isa_gap("Robust-GRPO", 0, -1), 3),
     *q(DEMO, "+{0.007} on the AVX2 path)", "demo_isa", _isa_gap("Robust-GRPO", 1, 1), 3),
+    # ---- the mechanism: family E under GVM-RAFT++ is concentrated, not withheld (docs/demo.md, notebook 03)
+    *q(DEMO, "its mean n_i over all visits is {8.6}, against", "demo",
+       lambda d: d["methods"]["GVM-RAFT++"]["mean_n_by_family"]["E"], 1),
+    *q("notebooks/03_tiny_lm.ipynb", "its mean $n_i$ is {8.6} against uniform's 8", "demo",
+       lambda d: d["methods"]["GVM-RAFT++"]["mean_n_by_family"]["E"], 1),
+    # ---- bench/README.md: the M-step weighting on exact models (weighting_variance.py)
+    *_wv_rows(),
+    *q(BENCH, "raises the error**: {1.455}x and", "weighting", wv(4, "gvm", "tokens"), 3),
+    *q(BENCH, "1.455x and\n  {1.255}x uniform's (4 and 8", "weighting", wv(8, "gvm", "tokens"), 3),
+    *q(BENCH, "under 1/|D_i| {1.139}x and 1.094x", "weighting", wv(4, "gvm", "prompt"), 3),
+    *q(BENCH, "under 1/|D_i| 1.139x and {1.094}x", "weighting", wv(8, "gvm", "prompt"), 3),
+    *q(BENCH, "below uniform ({0.966}x and 0.970x)", "weighting", wv(4, "gvm", "lemma1"), 3),
+    *q(BENCH, "below uniform (0.966x and {0.970}x)", "weighting", wv(8, "gvm", "lemma1"), 3),
+    *q(BENCH, "estimator has {8.0}x the token mean's error", "weighting", wv(4, "uniform", "lemma1", "vs_uniform_tokens"), 1),
+    *q(BENCH, "and 1/|D_i|\n  {0.62}x (4 per prompt)", "weighting", wv(4, "uniform", "prompt", "vs_uniform_tokens"), 2),
+    *q(BENCH, "`acceptance_only` ({0.847}) beats", "weighting", wv(4, "acceptance_only", "lemma1"), 3),
+    *q(BENCH, "beats `gvm` ({0.966}) under Lemma 1", "weighting", wv(4, "gvm", "lemma1"), 3),
+    *q(BENCH, "{0.573} against 0.573. The", "weighting", wv(4, "lemma1_bound", "lemma1"), 3),
+    *q(BENCH, "0.573 against {0.573}. The", "weighting", wv(4, "exact_neyman", "lemma1"), 3),
 ]
 
 
