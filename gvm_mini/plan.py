@@ -12,7 +12,7 @@ import torch
 
 from .config import Config
 
-__all__ = ["HUB_TWINS", "NF4_BYTES", "peak_tensor_bytes", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
+__all__ = ["HUB_TWINS", "NF4_BYTES", "peak_tensor_bytes", "weight_memory", "phase_memory", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
 
 #: Hub ids whose shape twin stands in for the weights when they cannot be downloaded.
 HUB_TWINS = {
@@ -85,53 +85,146 @@ def _quantized_linear_params(model) -> int:
                if isinstance(mod, torch.nn.Linear) and not name.endswith("lm_head"))
 
 
-def estimate_memory(cfg: Config, model) -> dict:
-    """Peak-memory estimate (GiB) for training and for HF sampling.
+def _shape(model) -> dict:
+    c = model.config
+    heads = c.num_attention_heads
+    return {"h": c.hidden_size, "L": c.num_hidden_layers, "V": c.vocab_size, "I": c.intermediate_size,
+            "kv": getattr(c, "num_key_value_heads", heads) or heads, "heads": heads,
+            "hd": getattr(c, "head_dim", None) or c.hidden_size // heads}
 
-    weights: bf16/fp16 2 B/param, fp32 4 B; 4-bit NF4 with double quantisation :data:`NF4_BYTES`
-    (0.516 B) per linear weight, and everything else (embeddings, an untied head, norms, biases) in
-    float32, because ``peft.prepare_model_for_kbit_training`` upcasts every non-quantized tensor (on
-    CPU and CUDA alike; measured within 1% of :func:`gvm_mini.models.weight_bytes` for the two twins
-    on CPU, ``bench/results/qlora_footprint.jsonl``). LoRA: adapter in fp32 + AdamW's two fp32 moments + grad
-    (16 B/param). Training activations for one micro-batch of ``micro_batch_size`` sequences of
-    ``max_prompt_length + max_completion_length`` tokens: without gradient checkpointing about
-    ``34 * h * L`` bytes per token (the usual transformer estimate), with it ``2 * h * L`` plus one
-    layer; fp32 logits and their log-softmax, ``8 * V`` bytes per token. Sampling: the KV cache,
-    ``4 * L * kv_heads * head_dim`` bytes per token (bf16 K and V) for ``sample_batch_size``
-    sequences, plus one step of fp32 logits. With ``backend=vllm`` also the colocated engine's share
+
+def _act_bytes(cfg: Config) -> int:
+    """Bytes per activation element: the compute dtype (bf16 / fp16: 2, fp32: 4; 4-bit layers compute
+    in bf16 on CUDA, fp32 elsewhere, and since the hand-made QLoRA preparation leaves the rest in it,
+    so do the residual stream, the KV cache and the logits)."""
+    if cfg.load_in_4bit:
+        return 2 if str(cfg.device).startswith("cuda") else 4
+    return {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}[cfg.dtype]
+
+
+def weight_memory(cfg: Config, model) -> float:
+    """Bytes of the base weights (without LoRA): 2 or 4 per parameter, or under 4-bit :data:`NF4_BYTES`
+    per quantized linear weight and the compute dtype's bytes for the rest (:func:`_act_bytes`)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    if cfg.load_in_4bit:
+        quantized = _quantized_linear_params(model)
+        return quantized * NF4_BYTES + (n_params - quantized) * _act_bytes(cfg)
+    return n_params * {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}[cfg.dtype]
+
+
+
+
+def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prompts: int | None = None,
+                 prompt_tokens: int | None = None) -> float:
+    """Planned peak bytes of one ``phase`` of an iteration for ``rows`` sequences of ``tokens`` tokens
+    (sampling: prompts of ``tokens / 2``, as many new tokens), per term (``h`` hidden size, ``I``
+    MLP width, ``L`` layers, ``V`` vocabulary, ``a`` bytes per activation, ``N = rows * tokens``;
+    LoRA adapters are float32):
+
+    * every phase: the weights (:func:`weight_memory`) and the adapter (4 B/param);
+    * ``update``: + AdamW's two moments (8 B/param) and the largest of three moments: the backward's
+      start (each layer's checkpointed input, ``h a`` per token and layer, and the logits with their
+      gradient, ``2 V a`` per token, :class:`gvm_mini.losses.SelectedLogProb`), its end (the
+      adapter's gradient, 4 B/param, the checkpoints and the first layer recomputed with its LoRA
+      inputs in float32, ``layer``) and the optimizer step (the gradient and AdamW's temporaries,
+      :data:`STEP_BYTES` per parameter); without checkpointing every layer is kept;
+    * ``gradnorm``: the backward's start or end, without parameter gradients (the ghost norms
+      differentiate module outputs, keep the head's gradient in its dtype and form only ``T x T``
+      Gram products, chunked);
+    * ``logprobs`` (pi_old / reference, no gradient): the larger of one layer's transient and the
+      logits (``V a`` per token) with the float32 chunk temporaries;
+    * ``sampling`` / ``evaluation``: the larger of the prefill of the ``prompts`` distinct prompts of
+      ``prompt_tokens`` (one layer's transient, their KV cache, the head copy :data:`HEAD_COPY`) and
+      the decoding: the KV cache ``2 L kv hd a`` per token of every row, one layer's copy of it (the
+      cache grows by concatenation), and per row a few float32 vocabulary-wide vectors for the draw.
+
+    The coefficients were measured on CPU at the shape twins' shapes (``bench/memory_check.py``,
+    ``bench/results/gpu_memory_check.json``); a GPU adds its CUDA context and the allocator's slack.
+    """
+    d = _shape(model)
+    h, L, V, I, kv, hd = d["h"], d["L"], d["V"], d["I"], d["kv"], d["hd"]
+    a = _act_bytes(cfg)
+    lora = _lora_params(model, cfg.lora_r) if cfg.lora else sum(p.numel() for p in model.parameters())
+    base = weight_memory(cfg, model) + 4 * lora
+    if phase == "weights":  # what build_policy leaves: the weights and the adapter
+        return base
+    N = rows * tokens
+    q = d["heads"] * hd
+    # one decoder layer's saved activations per token in a backward (attention and MLP inputs and
+    # outputs in the compute dtype, the float32 copies of the inputs LoRA's A matrices see)
+    layer = a * (LAYER_H * h + LAYER_I * I + 2 * q) + (4 * (5 * h + q + I) if cfg.lora else 0)
+    forward_layer = a * (FWD_H * h + FWD_I * I)  # one layer's transient without gradients
+    from .losses import LOGPROB_CHUNK_TOKENS  # a few float32 [chunk, V] temporaries of the log-probs
+
+    chunks = min(N, LOGPROB_CHUNK_TOKENS) * V * 4 * CHUNK_TEMPS
+    if phase in ("update", "gradnorm"):
+        ck = cfg.gradient_checkpointing or cfg.load_in_4bit  # QLoRA's preparation switches it on
+        keep = h * L * a if ck else layer * L
+        head = N * (keep + 2 * V * a) + chunks  # the backward starts: logits and their gradient
+        layers = N * (keep + layer)  # it ends: the first layer recomputed
+        if phase == "gradnorm":  # gradients w.r.t. module outputs only: no parameter gradient
+            return base + max(head, layers)
+        # AdamW's two moments (8 B/param) throughout; the adapter's gradient (4 B/param) exists from the
+        # backward's end on, and the step adds AdamW's temporaries (STEP_BYTES per parameter)
+        return base + 8 * lora + max(head, 4 * lora + layers, (4 + STEP_BYTES) * lora)
+    if phase == "logprobs":
+        return base + max(N * forward_layer, N * V * a + chunks)
+    if phase in ("sampling", "evaluation"):
+        per_prompt = cfg.num_pilot if phase == "sampling" else cfg.eval_samples
+        U = prompts if prompts is not None else (max(1, math.ceil(rows / max(per_prompt, 1))) if rows else 0)
+        P = prompt_tokens if prompt_tokens is not None else min(cfg.max_prompt_length, tokens)
+        kv_tok = 2 * L * kv * hd * a
+        # prefill of the U distinct prompts: one layer's transient, their cache, and the last position's
+        # logits, for which a peft model given an int ``logits_to_keep`` (rollout._decode) copies the
+        # [h, V] head once per prompt (torch.matmul's unfolded path; an index tensor avoids it)
+        prefill = U * P * (forward_layer + kv_tok) + U * h * V * a * HEAD_COPY
+        # decoding: every row's cache (the prompt's repeated, then grown a token at a time by
+        # concatenation, which briefly holds one layer twice) and a few float32 [rows, V] vectors
+        decode = N * kv_tok * (1 + 1 / L) + rows * V * 4 * DRAW_TEMPS
+        return base + max(prefill, decode)
+    raise ValueError(f"phase must be one of update, gradnorm, logprobs, sampling, evaluation; got {phase!r}")
+
+
+# measured coefficients (bench/memory_check.py)
+LAYER_H, LAYER_I, FWD_H, FWD_I, CHUNK_TEMPS, DRAW_TEMPS, STEP_BYTES = 12, 4, 4, 3, 3, 4, 0.25
+#: 1 while rollout._decode passes ``logits_to_keep=1`` (an int) to a peft model; 0 once it passes an index tensor
+HEAD_COPY = 1
+
+
+def estimate_memory(cfg: Config, model) -> dict:
+    """Peak-memory plan (GiB) of each phase at the config's shapes (:func:`phase_memory`): the update
+    and the gradient norms on one micro-batch of ``micro_batch_size`` sequences of
+    ``max_prompt_length + max_completion_length`` tokens, the pi_old / reference log-probs on the
+    same, sampling and evaluation on ``sample_batch_size`` rows (bounded by ``max_batch_tokens``).
+    ``train_peak_gb`` is the largest of the training phases, ``sample_peak_gb`` of sampling and
+    evaluation. With ``backend=vllm`` also the colocated engine's share
     (``vllm_gpu_memory_utilization``), its weights, its KV-cache tokens per GiB and ``min_gpu_gb``, the
     smallest GPU on which trainer and engine fit side by side.
     """
-    c = model.config
-    h, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    heads = c.num_attention_heads
-    kv = getattr(c, "num_key_value_heads", heads) or heads
-    head_dim = getattr(c, "head_dim", None) or h // heads
+    d = _shape(model)
+    L, kv, head_dim = d["L"], d["kv"], d["hd"]
     n_params = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel()
-    tied = bool(getattr(c, "tie_word_embeddings", False))
-    head = 0 if tied else V * h
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    head = 0 if tied else d["V"] * d["h"]
     linear = n_params - embed - head
-    wbytes = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}[cfg.dtype]
-    if cfg.load_in_4bit:
-        quantized = _quantized_linear_params(model)
-        weights = quantized * NF4_BYTES + (n_params - quantized) * 4
-    else:
-        weights = n_params * wbytes
+    weights = weight_memory(cfg, model)
     lora = _lora_params(model, cfg.lora_r) if cfg.lora else n_params
-    optim = lora * 16
     T = cfg.max_prompt_length + cfg.max_completion_length
     micro = cfg.micro_batch_size or cfg.mini_batch_size
-    per_tok = (2 * h * L + 34 * h) if cfg.gradient_checkpointing else 34 * h * L
-    act = micro * T * per_tok * (wbytes if not cfg.load_in_4bit else 2)
-    logits = micro * T * V * 8
-    train = weights + optim + act + logits
-    kv_cache = cfg.sample_batch_size * T * 4 * L * kv * head_dim
-    sample = weights + kv_cache + cfg.sample_batch_size * V * 8
+    rows = cfg.sample_batch_size
+    if cfg.max_batch_tokens:
+        rows = max(1, min(rows, cfg.max_batch_tokens // T))
+    phases = {p: phase_memory(cfg, model, p, rows=micro, tokens=T) for p in ("update", "gradnorm", "logprobs")}
+    phases.update({p: phase_memory(cfg, model, p, rows=rows, tokens=T, prompt_tokens=cfg.max_prompt_length)
+                   for p in ("sampling", "evaluation")})
+    train = max(phases["update"], phases["gradnorm"], phases["logprobs"])
+    sample = max(phases["sampling"], phases["evaluation"])
+    kv_cache = rows * T * 2 * L * kv * head_dim * _act_bytes(cfg)
     out = {
-        "parameters": n_params, "trainable": lora, "weights_gb": weights / _GB, "optimizer_gb": optim / _GB,
-        "activations_gb": act / _GB, "logits_gb": logits / _GB, "train_peak_gb": train / _GB,
-        "kv_cache_gb": kv_cache / _GB, "sample_peak_gb": sample / _GB,
+        "parameters": n_params, "trainable": lora, "weights_gb": weights / _GB, "optimizer_gb": lora * 16 / _GB,
+        **{f"{p}_peak_gb": v / _GB for p, v in phases.items()},
+        "train_peak_gb": train / _GB, "kv_cache_gb": kv_cache / _GB, "sample_peak_gb": sample / _GB,
     }
     if cfg.backend == "vllm":
         # one colocated engine: vLLM takes `u = vllm_gpu_memory_utilization` of the GPU for its own copy
