@@ -441,7 +441,8 @@ def _table(task: str, summary: dict, n_pairs: str) -> str:
         lines += [f"Runs: `{summary['runs_command']}` ({summary['machine']}), read by `{summary['command']}` at commit "
                   f"{summary['commit']}.", ""]
     elif summary.get("command"):
-        lines += [f"Run by `{summary['command']}` at commit {summary.get('commit', '?')} ({summary.get('machine', '?')}).", ""]
+        lines += [f"Run by `{summary['command']}` at commit {summary.get('commit', '?')} ({summary.get('machine', '?')})."
+                  + (f" Provenance: {summary['provenance']}." if summary.get("provenance") else ""), ""]
     one_factor = any("vs_uniform_same_weighting" in r for rows in summary["by_algorithm"].values() for r in rows.values())
     if not one_factor:  # a task summarised before the one-factor pairs existed: its old columns
         lines += ["Summarised before the study paired each rule with the uniform arm of its own M-step weighting: "

@@ -545,6 +545,43 @@ def _wv_rows() -> list[Quote]:
     return out
 
 
+def same(task: str, alg: str, rule: str, key: str) -> Callable:
+    """vs_uniform_same_weighting[key] ('mean' or 'se') of a rule in the re-run study (allocation_study.json)."""
+    return lambda d: d["tasks"][task]["by_algorithm"][alg][rule]["vs_uniform_same_weighting"][key]
+
+
+def wonly(task: str, alg: str, key: str) -> Callable:
+    """weighting_only[alg][key]: uniform-prompt minus uniform in the re-run study."""
+    return lambda d: d["tasks"][task]["weighting_only"][alg][key]
+
+
+STUDY2_TASKS = {"rules (tuning), re-run": "rules", "rules-flat (fresh)": "rules-flat", "rules-within (fresh)": "rules-within",
+                "synthetic (-L), re-run": "synthetic"}
+
+
+def _study2_rows() -> list[Quote]:
+    """bench/README.md's one-factor table: every cell against allocation_study.json (each row is found in the
+    document by its labels, so a changed number fails on the number, not on the search)."""
+    doc = document(BENCH)
+    out = []
+    for label, task in STUDY2_TASKS.items():
+        for line in doc.splitlines():
+            if not line.startswith(f"| {label} |"):
+                continue
+            alg = line.split("|")[2].strip()
+            syn = task == "synthetic"
+            cols = [study(task, alg, "uniform", "final_mean"),
+                    None if syn else (wonly(task, alg, "mean"), wonly(task, alg, "se")),
+                    (same(task, alg, "gvm", "mean"), same(task, alg, "gvm", "se")),
+                    (same(task, alg, "gvm_robust", "mean"), same(task, alg, "gvm_robust", "se")),
+                    (study(task, alg, "gvm_robust", "paired_diff"), study(task, alg, "gvm_robust", "paired_se")),
+                    (same(task, alg, "knapsack+history", "mean"), same(task, alg, "knapsack+history", "se")),
+                    (same(task, alg, "filter_extremes", "mean"), same(task, alg, "filter_extremes", "se"))]
+            out += row(BENCH, line, "study2", signed(line, cols, labels=2), labels=2)
+    assert len(out) >= 6 * 7, "the one-factor table's rows were not found in bench/README.md"
+    return out
+
+
 def _study_row(task: str, alg: str, text: str) -> list[Quote]:
     cols = [study(task, alg, "uniform", "final_mean")]
     cols += [(study(task, alg, r, "paired_diff"), study(task, alg, r, "paired_se")) for r in STUDY_RULES]
@@ -879,7 +916,7 @@ QUOTES: list[Quote] = [
     *q(NB03, "the filter arms end close to GVM ({0.44} with RAFT++, 0.40 with GRPO)", "demo", arm("Filter-RAFT++", "final_acc_mean"), 2),
     *q(NB03, "the filter arms end close to GVM (0.44 with RAFT++, {0.40} with GRPO)", "demo", arm("Filter-GRPO", "final_acc_mean"), 2),
     *q(NB03, "(0.05 → {0.83} with RAFT++)", "demo", fam("RAFT++", "E"), 2),
-    *q(NB03, "so E never takes off ({0.16})", "demo", fam("GVM-RAFT++", "E"), 2),
+    *q(NB03, "samples each. The same samples on a third of the prompt-visits leave E at {0.16}", "demo", fam("GVM-RAFT++", "E"), 2),
     *q(NB03, "GVM makes {23} M-steps where uniform makes 34", "demo", arm("GVM-RAFT++", "m_steps"), 0),
     *q(NB03, "GVM makes 23 M-steps where uniform makes {34}", "demo", arm("RAFT++", "m_steps"), 0),
     *q(NB03, "({0.40} against 0.48 for RAFT++)", "demo", arm("GVM-RAFT++", "acc_at_equal_m_steps_mean"), 2),
@@ -1090,6 +1127,31 @@ QUOTES: list[Quote] = [
        lambda d: d["methods"]["GVM-RAFT++"]["mean_n_by_family"]["E"], 1),
     *q("notebooks/03_tiny_lm.ipynb", "its mean $n_i$ is {8.6} against uniform's 8", "demo",
        lambda d: d["methods"]["GVM-RAFT++"]["mean_n_by_family"]["E"], 1),
+    # ---- bench/README.md: the study re-run with one-factor pairs (allocation_study.json)
+    *_study2_rows(),
+    *q(BENCH, "best\n  is rules-within RAFT++ at {0.80}x, 95% interval", "study2", study("rules-within", "RAFT++", "gvm_robust", "token_ratio"), 2),
+    *q(BENCH, "at 0.80x, 95% interval {0.68}x to not reached", "study2",
+       lambda d: d["tasks"]["rules-within"]["by_algorithm"]["RAFT++"]["gvm_robust"]["token_ratio_ci95"][0], 2),
+    *q(BENCH, "-0.007 ± {0.003} (rules-flat)", "study2", wonly("rules-flat", "RAFT++", "se"), 3),
+    *q(BENCH, "+{0.009} ± 0.010 (rules-within)", "study2", wonly("rules-within", "RAFT++", "mean"), 3),
+    *q(BENCH, "uniform, one seed) was, re-measured with two seeds, -{0.016} ± 0.005", "study2",
+       _neg(study("rules", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "of 9.8 (uniform 8) with {49}% of E's prompt-visits", "study2",
+       lambda d: 100 * d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm"]["mechanism"]["E"]["zero_share"], 0),
+    *q(BENCH, "of {9.8} (uniform 8) with 49%", "study2",
+       lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm"]["mechanism"]["E"]["mean_n"], 1),
+    *q(BENCH, "family C {17.9} with 15% at 0", "study2",
+       lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm"]["mechanism"]["C"]["mean_n"], 1),
+    *q(BENCH, "barely can be learned, G ({12.2}) and H", "study2",
+       lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["G"]["mean_n"], 1),
+    *q(BENCH, "and H ({12.6}): their shrunk", "study2",
+       lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["H"]["mean_n"], 1),
+    # ---- README.md: the M-step weighting on exact models (weighting_variance.py)
+    *q(R, "prompt i's samples by 1/(n_i p_i) ({0.966}x uniform's)", "weighting", wv(4, "gvm", "lemma1"), 3),
+    *q(R, "under the official code's token mean it *raises* it\n  ({1.455}x)", "weighting", wv(4, "gvm", "tokens"), 3),
+    *q(R, "under Algorithm 1's 1/|D_i| too ({1.139}x)", "weighting", wv(4, "gvm", "prompt"), 3),
+    *q(R, "`acceptance_only` beats `gvm` ({0.847}x)", "weighting", wv(4, "acceptance_only", "lemma1"), 3),
+    *q(R, "reaches the exact minimum ({0.573}x)", "weighting", wv(4, "lemma1_bound", "lemma1"), 3),
     # ---- bench/README.md: the M-step weighting on exact models (weighting_variance.py)
     *_wv_rows(),
     *q(BENCH, "raises the error**: {1.455}x and", "weighting", wv(4, "gvm", "tokens"), 3),
