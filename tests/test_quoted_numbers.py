@@ -1127,6 +1127,14 @@ QUOTES: list[Quote] = [
        lambda d: d["methods"]["GVM-RAFT++"]["mean_n_by_family"]["E"], 1),
     *q("notebooks/03_tiny_lm.ipynb", "its mean $n_i$ is {8.6} against uniform's 8", "demo",
        lambda d: d["methods"]["GVM-RAFT++"]["mean_n_by_family"]["E"], 1),
+    # ---- docs/demo.md and notebook 03: the demo's Robust arms taken apart by the re-run
+    *q(DEMO, "with RAFT++ the weighting\nalone costs -{0.018} and", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
+    *q(DEMO, "the allocation alone gives +{0.003} ± 0.005 against", "study2", same("rules", "RAFT++", "gvm_robust", "mean"), 3),
+    *q(DEMO, "the allocation alone gives +0.003 ± {0.005} against", "study2", same("rules", "RAFT++", "gvm_robust", "se"), 3),
+    *q(DEMO, "and the allocation alone gives\n-{0.015} ± 0.005. The paper's", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
+    *q(NB03, "RAFT++'s weighting alone costs -{0.018} and", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
+    *q(NB03, "the allocation alone gives\n+{0.003} ± 0.005; with GRPO", "study2", same("rules", "RAFT++", "gvm_robust", "mean"), 3),
+    *q(NB03, "the allocation alone gives\n-{0.015} ± 0.005. Section", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
     # ---- bench/README.md: the study re-run with one-factor pairs (allocation_study.json)
     *_study2_rows(),
     *q(BENCH, "best\n  is rules-within RAFT++ at {0.80}x, 95% interval", "study2", study("rules-within", "RAFT++", "gvm_robust", "token_ratio"), 2),
