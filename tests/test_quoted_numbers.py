@@ -1135,6 +1135,10 @@ QUOTES: list[Quote] = [
     *q(NB03, "RAFT++'s weighting alone costs -{0.018} and", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
     *q(NB03, "the allocation alone gives\n+{0.003} ± 0.005; with GRPO", "study2", same("rules", "RAFT++", "gvm_robust", "mean"), 3),
     *q(NB03, "the allocation alone gives\n-{0.015} ± 0.005. Section", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
+    # ---- theory/gvm_robust.md §5: the re-run on the tuning task
+    *q("theory/gvm_robust.md", "the allocation alone gives +{0.003} ± 0.005 with RAFT++", "study2", same("rules", "RAFT++", "gvm_robust", "mean"), 3),
+    *q("theory/gvm_robust.md", "and -{0.015} ± 0.005 with GRPO, and the", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
+    *q("theory/gvm_robust.md", "weighting alone -{0.018} with RAFT++", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
     # ---- bench/README.md: the study re-run with one-factor pairs (allocation_study.json)
     *_study2_rows(),
     *q(BENCH, "best\n  is rules-within RAFT++ at {0.80}x, 95% interval", "study2", study("rules-within", "RAFT++", "gvm_robust", "token_ratio"), 2),
