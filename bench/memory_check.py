@@ -140,7 +140,8 @@ def measure(phase: str, cfg, model, tok, B: int, T: int) -> int:
     grads, _ = peak_tensor_bytes(backward)
     state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     del opt
-    return max(step, grads) + state, {"step_gb": (step + state) / GB, "backward_gb": (grads + state) / GB}
+    return max(step, grads) + state, {"step_gb": (step + state) / GB, "backward_gb": (grads + state) / GB,
+                                      "moments_gb": state / GB}
 
 
 def measure_sampling(model, tok, rows: int, prompts: int, P: int, N: int) -> tuple[int, int]:
@@ -176,6 +177,26 @@ def plan_point(cfg, meta, phase: str, p: dict) -> float:
     return plan_phase(cfg, meta, phase, p["rows"], p["tokens"], p.get("prompts"), p.get("prompt_tokens"))
 
 
+def update_at_config(payload: dict) -> None:
+    """At the measured lengths the update's peak is its optimizer step (the adapter's gradient and
+    AdamW's moments), so the line through its points does not see the activations that set it at the
+    config's length. The update's forward and backward are the gradient-norm pass's (the same
+    micro-batch: checkpointed layer inputs, the logits and their gradient) plus AdamW's moments, held
+    throughout: its extrapolation is the larger of its own line and the gradient-norm pass's line
+    plus the measured moments."""
+    by = {(r["config"], r["mode"], r["phase"]): r for r in payload["rows"]}
+    for r in payload["rows"]:
+        g = by.get((r["config"], r["mode"], "gradnorm"))
+        if r["phase"] != "update" or g is None or "own_line_gb" in r and r.get("derived"):
+            continue
+        moments = r["moments_gb"] if "moments_gb" in r else None
+        if moments is None:
+            continue
+        r.setdefault("own_line_gb", r["extrapolated_at_config_gb"])
+        r["extrapolated_at_config_gb"] = max(r["own_line_gb"], g["extrapolated_at_config_gb"] + moments)
+        r["ratio_at_config"] = r["planned_at_config_gb"] / r["extrapolated_at_config_gb"]
+
+
 def replan(path: Path) -> dict:
     """Recompute the planned side of a results file (after a change to ``gvm_mini/plan.py``); the
     measurements stay as they were measured."""
@@ -199,6 +220,7 @@ def replan(path: Path) -> dict:
         r["planned_at_config_gb"] = plan_phase(cfg, meta, r["phase"], r["config_rows"], r["config_tokens"],
                                                r.get("config_prompts"), r.get("config_prompt_tokens")) / GB
         r["ratio_at_config"] = r["planned_at_config_gb"] / r["extrapolated_at_config_gb"]
+    update_at_config(payload)
     ratios = [r["ratio"] for r in payload["rows"]] + [r["ratio_at_config"] for r in payload["rows"]]
     payload["all_within_10pct"] = all(0.9 <= x <= 1.1 for x in ratios)
     return payload
@@ -313,7 +335,8 @@ def main() -> int:
                     got = measure(phase, cfg, model, tok, B, T)
                     got, parts = got if isinstance(got, tuple) else (got, {})
                     pts.append({"rows": B, "tokens": T, "measured_gb": (w + got) / GB,
-                                **{k: w / GB + v for k, v in parts.items()}, "seconds": time.perf_counter() - t1})
+                                **{k: (v if k == "moments_gb" else w / GB + v) for k, v in parts.items()},
+                                "seconds": time.perf_counter() - t1})
             for p in pts:
                 p["planned_gb"] = plan_point(cfg, meta, phase, p) / GB
                 p["ratio"] = p["planned_gb"] / p["measured_gb"]
@@ -359,6 +382,10 @@ def main() -> int:
                                  "planned_at_config_gb": planned_cfg,
                                  "extrapolated_at_config_gb": extrapolated,
                                  "ratio_at_config": planned_cfg / extrapolated})
+    for r in out_rows:
+        if r["phase"] == "update" and "moments_gb" in r["measured"][0]:
+            r["moments_gb"] = r["measured"][0]["moments_gb"]
+    update_at_config({"rows": out_rows})
     ratios = [r["ratio"] for r in out_rows] + [r["ratio_at_config"] for r in out_rows]
     print(f"ratios planned / measured: min {min(ratios):.3f}, max {max(ratios):.3f} over {len(out_rows)} rows "
           f"({len(out_rows) // len(PHASES)} config x mode); total {time.perf_counter() - t_start:.0f} s")

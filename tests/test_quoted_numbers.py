@@ -45,6 +45,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "regime_cells": lambda: _jsonl("bench/results/regime_map_cells.jsonl"),  # --cell ... --seeds 96
     "vs_trl": lambda: _jsonl("bench/results/vs_trl.jsonl"),  # python bench/vs_trl.py ...
     "qlora": lambda: _jsonl("bench/results/qlora_footprint.jsonl"),  # shape_twin_memory.py --qlora-footprint
+    "memcheck": lambda: _json("bench/results/gpu_memory_check.json"),  # python bench/memory_check.py
     # the first study (commit 0f3e706 ...): every rule against token-mean uniform, gvm_robust's estimates before the fix
     "study": lambda: _json("bench/results/allocation_study_v1.json"),
     # the study with one-factor pairs and the corrected gvm_robust: python bench/allocation_study.py
@@ -870,10 +871,11 @@ QUOTES: list[Quote] = [
     *q(BENCH, "({0.400} -> 0.310 for TRL)", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["accuracy"]["initial"]["avg_at_k"]), 3),
     *q(BENCH, "(0.400 -> {0.310} for TRL)", "vs_trl", trl(TRL_OLD_CHAINS, lambda r: r["accuracy"]["trl"]["avg_at_k"]), 3),
     # ---- docs/gpu.md: QLoRA weights, plan (decimal GB) and measured (GiB)
-    *q(GPU, "| {1.6} GB (1.50 GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][0]["plan_weights_gb"] * 2**30 / 1e9, 1),
-    *q(GPU, "| 1.6 GB ({1.50} GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][0]["measured_weights_gb"], 2),
-    *q(GPU, "| {1.55} GB (1.45 GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][1]["plan_weights_gb"] * 2**30 / 1e9, 2),
-    *q(GPU, "| 1.55 GB ({1.45} GiB measured on CPU) |", "qlora", lambda r: r[-1]["rows"][1]["measured_weights_gb"], 2),
+    *q(GPU, "with peft's upcast they measured {1.50} GiB (Qwen2.5-Math-1.5B)", "qlora",
+       lambda r: r[-1]["rows"][0]["measured_weights_gb"], 2),
+    *q(GPU, "and {1.45} GiB (Llama-3.2-1B) on CPU", "qlora", lambda r: r[-1]["rows"][1]["measured_weights_gb"], 2),
+    *q(GPU, "every ratio is within {0.96}-1.08", "memcheck", lambda d: min(min(r["ratio"], r["ratio_at_config"]) for r in d["rows"]), 2),
+    *q(GPU, "every ratio is within 0.96-{1.08}", "memcheck", lambda d: max(max(r["ratio"], r["ratio_at_config"]) for r in d["rows"]), 2),
     # ---- notebooks' markdown
     *q(NB01, "(family E in the lab's RAFT++ runs, 2 seeds at 150k tokens: test accuracy {0.16} under the paper's estimates",
        "lab", fam("GVM-paper", "E"), 2),
