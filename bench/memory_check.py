@@ -1,8 +1,11 @@
 """The memory plan measured: each phase's peak tensor memory at the shipped configs' shapes, on CPU,
 beside ``train --dry-run``'s estimate (``gvm_mini.plan.estimate_memory``).
 
-    python bench/memory_check.py            # both shape twins, ~10 min on 2 CPU cores -> results/gpu_memory_check.json
-    python bench/memory_check.py --smoke    # 2-layer twins, tiny shapes: the code path only (CI)
+    python bench/memory_check.py            # both shape twins, ~26 min on 2 shared CPU cores -> results/gpu_memory_check.json
+    python bench/memory_check.py --smoke    # 2-layer twins, tiny shapes: the code path only (~4 min)
+    python bench/memory_check.py --replan   # the plan's side again after a change to gvm_mini/plan.py
+    python bench/memory_check.py --table    # docs/gpu.md's memory table from the plan and the ratios
+    python bench/memory_check.py --modes qlora   # the 4-bit variants, merged into the results (not yet run)
 
 For each shipped config (``configs/qwen2.5-math-1.5b_*.yaml``, ``configs/llama-3.2-1b-*``) and each
 phase of an iteration, the phase runs the training code itself on the model's shape twin (random
@@ -12,14 +15,17 @@ gradient checkpointing as in the configs):
 * ``sampling`` / ``evaluation``: ``rollout.sample_hf`` (prefill of the distinct prompts, KV cache,
   one completion per row; ``num_pilot`` resp. ``eval_samples`` rows per prompt);
 * ``logprobs``: the M-step's pi_old / reference pass (``losses.token_logprobs`` without gradients);
-* ``update``: one ``mstep.update`` on one micro-batch, after a first one (the AdamW moments exist);
+* ``update``: one ``mstep.update`` on one micro-batch with AdamW's moments in place, and its forward
+  and backward alone (at the measured lengths the step sets the peak; at the configs' the backward
+  does, extrapolated from the gradient-norm pass's line plus the moments: ``update_at_config``);
 * ``gradnorm``: the E-step's ``estep.accepted_grad_norms`` on one micro-batch.
 
 Peak = the weights (``models.weight_bytes``, LoRA included) + what the optimizer holds + the largest
 amount of tensor memory live at once during the phase (``plan.peak_tensor_bytes``: the CPU
 allocator's reports to ``torch.profiler``). CPU time forces shorter sequences and smaller batches
 than the configs: each phase is measured at two lengths (and the update, log-prob and gradient-norm
-phases at micro-batch 2 instead of 4, sampling at 8 rows instead of 64); every term of a phase grows
+phases at micro-batch 2 and 64-128 tokens instead of 4 x 2048, sampling at 64 rows of one prompt with
+~380-750 tokens and 8 rows of 8 prompts instead of 64 rows of 8 prompts x 2048); every term of a phase grows
 linearly in the tokens of its batch (flash-style attention, no ``T x T`` scores), so the config's
 peak is extrapolated linearly from the two points. The plan is evaluated at the measured shapes
 (``ratio``, what the plan is checked on) and at the config's (``ratio_at_config``, against the
