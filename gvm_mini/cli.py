@@ -74,10 +74,10 @@ def _cmd_train(args) -> int:
     from .config import load_config, rule_summary
 
     cfg = load_config(args.config, args.overrides)
-    print(rule_summary(cfg))
     if args.dry_run:
         from .plan import print_plan
 
+        print(rule_summary(cfg))  # the rule as resolved (a real run writes it to RUN/config.yaml)
         print_plan(cfg)
         return 0
     from .em import run
