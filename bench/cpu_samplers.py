@@ -66,7 +66,7 @@ def _gap(model, tok, r, top_p) -> float:
     """Mean |reported log p - float32 recompute| over the sampled tokens, both after top-p (what
     sample_hf and vllm_engine's processed log-probs report); a token outside the float32 nucleus (a
     bfloat16 sampler can draw one) is left out of the mean."""
-    from gvm_mini.rollout import _process, to_batch
+    from gvm_mini.rollout import process_scores, to_batch
 
     gaps = []
     for s in range(0, len(r), 32):
@@ -74,7 +74,7 @@ def _gap(model, tok, r, top_p) -> float:
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         B, T, V = logits.shape
-        lp = _process(logits.reshape(-1, V), 1.0, top_p).log_softmax(-1).reshape(B, T, V)
+        lp = process_scores(logits.reshape(-1, V), 1.0, top_p).log_softmax(-1).reshape(B, T, V)
         lp = lp.gather(2, ids[:, 1:, None]).squeeze(2)
         m = cmask[:, 1:] > 0
         gaps.append((lp[m] - blogp[:, 1:][m]).abs())

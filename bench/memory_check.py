@@ -136,7 +136,7 @@ def measure(phase: str, cfg, model, tok, B: int, T: int) -> int:
         opt.zero_grad(set_to_none=True)
         for k, mb in enumerate(minis[0].micro):
             ids_, attn_, cmask, _ = mb.tensors
-            logp = mstep._logprobs(model, ro, mb, ids_, attn_)
+            logp = mstep.micro_batch_logprobs(model, ro, mb, ids_, attn_)
             loss, _ = losses.policy_objective(logp, old[0][k], adv[mb.rows], cmask, epsilon=ucfg.epsilon,
                                               epsilon_high=ucfg.epsilon_high, loss_type=ucfg.loss_type,
                                               kl_coef=ucfg.kl_coef, ref_logp=ref[0][k])

@@ -49,7 +49,8 @@ def exact_neyman(p, G2, mu, budget: int) -> np.ndarray:
     """Integer minimiser of the exact Lemma-1 variance ``sum_i v_i / n_i``, ``v_i = G2_i / p_i - ||mu_i||^2``:
     ``n_i`` proportional to ``sqrt(v_i)`` (Neyman allocation with the true per-sample variances)."""
     v = np.maximum(G2 / p - (mu**2).sum(axis=1), 0.0)
-    return A._round_preserving_sum(A._water_fill(np.sqrt(v), float(budget), 0.0, float(budget)), budget)
+    # Proposition 1 with p = 1 has weights G / sqrt(1 + alpha), proportional to G: n_i proportional to sqrt(v_i)
+    return A.allocate(np.ones_like(v), np.sqrt(v), budget)
 
 
 def allocations(model, budget: int) -> dict:
@@ -82,7 +83,7 @@ def mse(model, n, reps: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     err = {w: [] for w in WEIGHTINGS}
     P = S.probs(model, theta)
-    for start in range(0, reps, 5_000):  # rejection sampling as gvm_mini.synthetic._draw, 5,000 draws at once
+    for start in range(0, reps, 5_000):  # the synthetic model's rejection sampling, 5,000 draws at once
         b = min(5_000, reps - start)
         acc = rng.binomial(rng.multinomial(n, P, size=(b, model.m)), model.c)  # (b, m, K) accepted counts
         A_i = -np.einsum("bik,ikd->bid", acc, sc)  # per prompt: -sum of accepted scores

@@ -303,6 +303,16 @@ def quantize_4bit(model, device: str | torch.device, compute_dtype: torch.dtype 
     return _prepare_4bit(quantized, device, compute)
 
 
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    """Bytes of the KV cache per token of a decoder ``config``: K and V (2) x ``dtype_bytes`` x layers x
+    KV heads x head dim. The memory plan's term (``gvm_mini.plan``) and the vLLM CPU engine's cache size
+    (``gvm_mini.rollout.vllm_kv_cache_bytes``) both use it."""
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * int(dtype_bytes) * config.num_hidden_layers * kv * head_dim
+
+
 def weight_bytes(model) -> int:
     """Bytes held by ``model``'s weights: every parameter and buffer (shared tensors once) plus, for
     bitsandbytes 4-bit layers, their quantization state (NF4 block scales, double-quantization scales

@@ -42,7 +42,7 @@ from .rollout import Rollout, to_batch
 
 __all__ = ["group_index", "make_optimizer", "initial_reference", "kl_reference", "advantages", "live_samples",
            "MicroBatch", "MiniBatch", "length_buckets", "plan_micro_batches", "mini_batch_responses", "plan",
-           "old_and_ref_logprobs", "update", "m_step"]
+           "old_and_ref_logprobs", "micro_batch_logprobs", "update", "m_step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +284,9 @@ def plan(cfg, model, rollout: Rollout, pad_id: int, seed: int, live: np.ndarray 
     return out
 
 
-def _logprobs(model, rollout: Rollout, mb: MicroBatch, ids, attn) -> torch.Tensor:
+def micro_batch_logprobs(model, rollout: Rollout, mb: MicroBatch, ids, attn) -> torch.Tensor:
+    """Per-token log-probs of one micro-batch's completions (``[S, T-1]``, the M-step's log pi): one shared
+    prompt forward when the micro-batch shares a prompt, else logits from the first completion position on."""
     if mb.shared:
         return losses.token_logprobs_shared_prompts(
             model, [rollout.prompt_ids[i] for i in mb.rows], [rollout.completion_ids[i] for i in mb.rows], ids.shape[1])
@@ -320,14 +322,14 @@ def old_and_ref_logprobs(cfg, model, rollout: Rollout, minis: list[MiniBatch], r
                 if needs_old and cfg.old_logprobs == "behaviour":
                     old[j][k] = blogp.to(dev)
                 elif needs_old and not (first_from_update and j == 0):
-                    old[j][k] = _logprobs(model, rollout, mb, ids, attn)
+                    old[j][k] = micro_batch_logprobs(model, rollout, mb, ids, attn)
                 if cfg.kl_coef > 0:
                     if cfg.kl_reference == "initial" and cfg.lora:
                         with reference_logits_context(model):
-                            ref[j][k] = _logprobs(model, rollout, mb, ids, attn)
+                            ref[j][k] = micro_batch_logprobs(model, rollout, mb, ids, attn)
                     else:
                         with swapped(trainable, ref_values):
-                            ref[j][k] = _logprobs(model, rollout, mb, ids, attn)
+                            ref[j][k] = micro_batch_logprobs(model, rollout, mb, ids, attn)
     return old, ref
 
 
@@ -350,7 +352,7 @@ def update(cfg, model, optimizer, rollout: Rollout, mini: MiniBatch, adv: torch.
         ids, attn, cmask, _ = (t.to(dev) for t in mb.tensors)
         units = cmask.sum() if token_mean else (cmask.sum(-1) > 0).sum()
         weight = float(units) / mini.normaliser
-        logp = _logprobs(model, rollout, mb, ids, attn)
+        logp = micro_batch_logprobs(model, rollout, mb, ids, attn)
         old_k = old[k] if old[k] is not None or not first_from_update else logp.detach()  # pi_old = pi_theta here
         loss, st = losses.policy_objective(
             logp, old_k, adv[mb.rows].to(dev), cmask, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,

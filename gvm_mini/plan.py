@@ -11,6 +11,7 @@ import math
 import torch
 
 from .config import Config
+from .models import kv_bytes_per_token
 
 __all__ = ["HUB_TWINS", "NF4_BYTES", "peak_tensor_bytes", "weight_memory", "phase_memory", "resolve_shape", "estimate_memory", "make_plan", "print_plan"]
 
@@ -175,7 +176,7 @@ def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prom
         P = prompt_tokens if prompt_tokens is not None else min(cfg.max_prompt_length, tokens)
         kv_tok = 2 * L * kv * hd * a
         # prefill of the U distinct prompts: one layer's transient, their cache, and the last position's
-        # logits, for which a peft model given an int ``logits_to_keep`` (rollout._decode) copies the
+        # logits, for which a peft model given an int ``logits_to_keep`` (the sampler's prefill) copies the
         # [h, V] head once per prompt (torch.matmul's unfolded path; an index tensor avoids it)
         prefill = U * P * (forward_layer + kv_tok) + U * h * V * a * HEAD_COPY
         # decoding: every row's cache (the prompt's repeated, then grown a token at a time by
@@ -187,7 +188,7 @@ def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prom
 
 # measured coefficients (bench/memory_check.py)
 LAYER_H, LAYER_I, FWD_H, FWD_I, CHUNK_TEMPS, DRAW_TEMPS, STEP_BYTES = 12, 4, 4, 3, 3, 4, 0.25
-#: 1 while rollout._decode passes ``logits_to_keep=1`` (an int) to a peft model; 0 once it passes an index tensor
+#: 1 while the sampler's prefill passes ``logits_to_keep=1`` (an int) to a peft model; 0 once it passes an index tensor
 HEAD_COPY = 1
 
 
@@ -235,7 +236,7 @@ def estimate_memory(cfg: Config, model) -> dict:
         u = cfg.vllm_gpu_memory_utilization
         vw = (linear * 0.53 + (embed + head) * 2) if cfg.load_in_4bit else n_params * 2
         vw += _lora_params(model, cfg.lora_r) * 2
-        kv_tok = 4 * L * kv * head_dim  # bytes per token of bf16 K and V
+        kv_tok = kv_bytes_per_token(model.config)  # bytes per token of bf16 K and V (= 4 L kv head_dim)
         need = max(train, sample) / (1 - u)
         need_vllm = (vw + cfg.sample_batch_size * T * kv_tok) / u
         out.update({

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["Rollout", "end_token_ids", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
            "vllm_problem", "vllm_engine_dtype", "vllm_kv_cache_bytes",
-           "to_batch", "expand_counts", "sample_policy"]
+           "to_batch", "expand_counts", "sample_policy", "process_scores"]
 
 
 @dataclass
@@ -110,7 +110,7 @@ def end_token_ids(model, tokenizer=None) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _process(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def process_scores(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Temperature then top-p on one step's float32 logits ``[B, V]`` (the distribution sampled)."""
     if temperature > 0 and temperature != 1.0:
         scores = scores / temperature
@@ -201,7 +201,7 @@ def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, ends: tor
     live = torch.arange(B, device=device)  # batch row -> sample, for the rows still in the batch
     going = torch.ones(B, dtype=torch.bool, device=device)  # per batch row: no end token yet
     for t in range(max_new_tokens):
-        scores = _process(logits, temperature, top_p)
+        scores = process_scores(logits, temperature, top_p)
         if temperature > 0:  # inverse-CDF draw: P(i) = p_i; several times faster than multinomial on CPU
             cdf = scores.softmax(-1).cumsum(-1)
             # one uniform per sample of the chunk, dropped or not: a sample's draws do not depend on when
@@ -477,20 +477,20 @@ def vllm_engine_dtype(cfg) -> str:
     return "float16" if cfg.dtype == "float16" and torch.device(cfg.device).type == "cuda" else "bfloat16"
 
 
-def vllm_kv_cache_bytes(cfg, model) -> int:
-    """The CPU engine's KV cache from the memory plan (:func:`gvm_mini.plan.estimate_memory`): room
-    for ``sample_batch_size`` sequences of prompt + completion tokens, each rounded up to whole
-    blocks of :data:`_CPU_KV_BLOCK`, at the plan's bytes per token (bf16 K and V; twice that for a
-    float32 engine), so vLLM runs exactly ``sample_batch_size`` sequences at once. Passed as
-    ``kv_cache_memory_bytes``, the byte-exact form of ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB; unset,
-    vLLM sizes the cache from a share of RAM); that variable, when set, still overrides it."""
-    from .plan import estimate_memory
+def vllm_kv_cache_bytes(cfg, config) -> int:
+    """The CPU engine's KV cache, sized as the memory plan sizes it (``gvm_mini.plan``; both use
+    :func:`gvm_mini.models.kv_bytes_per_token` of the model's ``config``): room for ``sample_batch_size``
+    sequences of prompt + completion tokens, each rounded up to whole blocks of :data:`_CPU_KV_BLOCK`, at
+    bf16 K and V per token (twice that for a float32 engine), so vLLM runs exactly ``sample_batch_size``
+    sequences at once. Passed as ``kv_cache_memory_bytes``, the byte-exact form of
+    ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB; unset, vLLM sizes the cache from a share of RAM); that
+    variable, when set, still overrides it."""
+    from .models import kv_bytes_per_token
 
-    per_gb = estimate_memory(cfg, model)["vllm_kv_tokens_per_gb"]
-    per_token = 1024**3 / per_gb * (2 if vllm_engine_dtype(cfg) == "float32" else 1)
+    per_token = kv_bytes_per_token(config, 4 if vllm_engine_dtype(cfg) == "float32" else 2)
     T = cfg.max_prompt_length + cfg.max_completion_length
     tokens = cfg.sample_batch_size * -(-T // _CPU_KV_BLOCK) * _CPU_KV_BLOCK
-    return int(math.ceil(tokens * per_token))
+    return int(tokens * per_token)
 
 
 def vllm_engine(cfg) -> VLLMEngine:
@@ -518,19 +518,22 @@ def vllm_engine(cfg) -> VLLMEngine:
         raise RuntimeError(problem)
     LLM, _, _ = _import_vllm()
     from . import models
-    from .plan import resolve_shape
 
     base = cfg.model
     if base in models.TINY_MODELS or base == "smollm2":
         import tempfile
 
         base = tempfile.mkdtemp(prefix="gvm-mini-vllm-base-")
-        shape, tok = models.load_model(cfg.model, dtype=cfg.dtype)
-        shape.save_pretrained(base)
+        model, tok = models.load_model(cfg.model, dtype=cfg.dtype)
+        model.save_pretrained(base)
         tok.save_pretrained(base)
+        shape = model.config
+        del model
     else:
+        from transformers import AutoConfig
+
         base = models.resolve_location(base)[0]
-        shape = resolve_shape(cfg)[0]
+        shape = AutoConfig.from_pretrained(base)
     rank = next((r for r in _VLLM_LORA_RANKS if r >= cfg.lora_r), cfg.lora_r)
     kwargs = dict(
         model=base, dtype=vllm_engine_dtype(cfg), max_model_len=cfg.max_prompt_length + cfg.max_completion_length,

@@ -48,19 +48,19 @@ def _run(cfg, model, tok, ro, rewards, skip_dead, monkeypatch, opt_factory=None,
     # plain SGD: the weight change is the gradient itself (Adam would blow ~1e-9 rounding up to a step)
     opt = (opt_factory or (lambda ps: torch.optim.SGD(ps, lr=0.5)))(m.parameters())
     rows, calls = [0], [0]
-    real = mstep._logprobs
+    real = mstep.micro_batch_logprobs
 
     def counting(model_, rollout, mb, ids, attn):
         rows[0] += len(mb.rows)
         return real(model_, rollout, mb, ids, attn)
 
-    monkeypatch.setattr(mstep, "_logprobs", counting)
+    monkeypatch.setattr(mstep, "micro_batch_logprobs", counting)
     h = m.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     try:
         st = m_step(cfg, m, opt, ro, rewards, tok.pad_token_id, ref_values, seed=seed, skip_dead=skip_dead)
     finally:
         h.remove()
-        monkeypatch.setattr(mstep, "_logprobs", real)
+        monkeypatch.setattr(mstep, "micro_batch_logprobs", real)
     return st, _flat(m), rows[0], calls[0], opt, m
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gvm_mini.config import Config, ConfigError, load_config, replace, validate
-from gvm_mini.rollout import _process, end_token_ids, to_batch
+from gvm_mini.rollout import end_token_ids, process_scores, to_batch
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 SET_NUM_THREADS = torch.set_num_threads  # vLLM's CPU worker replaces it; vllm_engine puts it back
@@ -153,7 +153,7 @@ def _recompute(model, rollout, pad_id, temperature=1.0, top_p=1.0):
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     B, T, V = logits.shape
-    lp = _process(logits.reshape(-1, V), temperature, top_p).log_softmax(-1).reshape(B, T, V)
+    lp = process_scores(logits.reshape(-1, V), temperature, top_p).log_softmax(-1).reshape(B, T, V)
     lp = lp.gather(2, ids[:, 1:, None]).squeeze(2)
     m = cmask[:, 1:] > 0
     return lp[m], blogp[:, 1:][m]
