@@ -267,6 +267,12 @@ def _mechanism_table(task: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _one_factor(summary: dict) -> bool:
+    """Whether a task's summary pairs its rules with uniform under the same weighting (the re-run), not
+    only with token-mean uniform (the first study)."""
+    return any("vs_uniform_same_weighting" in r for rows in summary["by_algorithm"].values() for r in rows.values())
+
+
 def _same_or_tokens(row: dict) -> tuple:
     """(difference, SE) against the uniform arm with the same M-step weighting where the row has it, else
     against token-mean uniform (the weighting-only arm, and rows summarised before the one-factor pairs)."""
@@ -443,8 +449,7 @@ def _table(task: str, summary: dict, n_pairs: str) -> str:
     elif summary.get("command"):
         lines += [f"Run by `{summary['command']}` at commit {summary.get('commit', '?')} ({summary.get('machine', '?')})."
                   + (f" Provenance: {summary['provenance']}." if summary.get("provenance") else ""), ""]
-    one_factor = any("vs_uniform_same_weighting" in r for rows in summary["by_algorithm"].values() for r in rows.values())
-    if not one_factor:  # a task summarised before the one-factor pairs existed: its old columns
+    if not _one_factor(summary):  # a task summarised before the one-factor pairs existed: its old columns
         lines += ["Summarised before the study paired each rule with the uniform arm of its own M-step weighting: "
                   "the difference below is against uniform with the token-mean M-step, whatever the rule's weighting.", ""]
     lines += [
@@ -486,11 +491,8 @@ def _figure(results: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def one_factor(t):
-        return any("vs_uniform_same_weighting" in r for rows in t["by_algorithm"].values() for r in rows.values())
-
     # the tasks with one-factor pairs (the others are the first study's, in allocation_study_v1.png)
-    tasks = [t for t in results["tasks"] if one_factor(results["tasks"][t])] or list(results["tasks"])
+    tasks = [t for t in results["tasks"] if _one_factor(results["tasks"][t])] or list(results["tasks"])
     ncols = min(3, len(tasks))
     nrows = -(-len(tasks) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6), squeeze=False, sharey=False)
@@ -628,9 +630,8 @@ def _write(results: dict, args, name: str, title: str) -> None:
     for task, summary in results["tasks"].items():
         n = summary.get("n_pairs") or (_pairs_label(summary, len(results["warm_starts"]))
                                        if task != "synthetic" else "3 models x 4 seeds")
-        one_factor = any("vs_uniform_same_weighting" in r for rows in summary["by_algorithm"].values() for r in rows.values())
         tag = (" — fresh held-out task, first run" if task in FRESH_TASKS else " — tuning task, re-run" if task == "rules"
-               else " — re-run" if one_factor else " — run in the first study")
+               else " — re-run" if _one_factor(summary) else " — run in the first study")
         md += [_table(task + tag, summary, n), ""]
         mech = _mechanism_table(task, summary) if name == "allocation_study" else ""
         if mech:
