@@ -436,3 +436,17 @@ def test_lora_matmuls_use_tf32_on_cuda_only():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
+
+
+def test_kv_bytes_per_token_by_hand():
+    # SmolLM2-135M's shape: 30 layers, 9 query heads of 64 (hidden 576), 3 KV heads: K and V x 2 bytes (bf16)
+    # x 30 x 3 x 64 = 23,040 bytes per token; float32 doubles it; without num_key_value_heads every head is a KV head
+    from types import SimpleNamespace
+
+    from gvm_mini.models import kv_bytes_per_token
+
+    smol = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, num_hidden_layers=30)
+    assert kv_bytes_per_token(smol) == 23_040
+    assert kv_bytes_per_token(smol, 4) == 46_080
+    mha = SimpleNamespace(num_attention_heads=4, hidden_size=64, num_hidden_layers=2)
+    assert kv_bytes_per_token(mha) == 2 * 2 * 2 * 4 * 16
