@@ -135,7 +135,7 @@ def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prom
     * ``logprobs`` (pi_old / reference, no gradient): the larger of one layer's transient and the
       logits (``V a`` per token) with the float32 chunk temporaries;
     * ``sampling`` / ``evaluation``: the larger of the prefill of the ``prompts`` distinct prompts of
-      ``prompt_tokens`` (one layer's transient, their KV cache, the head copy :data:`HEAD_COPY`) and
+      ``prompt_tokens`` (one layer's transient, their KV cache, the last position's logits) and
       the decoding: the KV cache ``2 L kv hd a`` per token of every row, one layer's copy of it (the
       cache grows by concatenation), and per row a few float32 vocabulary-wide vectors for the draw.
 
@@ -176,9 +176,9 @@ def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prom
         P = prompt_tokens if prompt_tokens is not None else min(cfg.max_prompt_length, tokens)
         kv_tok = 2 * L * kv * hd * a
         # prefill of the U distinct prompts: one layer's transient, their cache, and the last position's
-        # logits, for which a peft model given an int ``logits_to_keep`` (the sampler's prefill) copies the
-        # [h, V] head once per prompt (torch.matmul's unfolded path; an index tensor avoids it)
-        prefill = U * P * (forward_layer + kv_tok) + U * h * V * a * HEAD_COPY
+        # logits (the sampler passes ``logits_to_keep`` as an index tensor: an int would make a peft model
+        # copy the [h, V] head once per prompt, torch.matmul's unfolded path on a strided slice)
+        prefill = U * P * (forward_layer + kv_tok) + U * V * (a + 4)  # the logits and their float32 copy
         # decoding: every row's cache (the prompt's repeated, then grown a token at a time by
         # concatenation, which briefly holds one layer twice) and a few float32 [rows, V] vectors
         decode = N * kv_tok * (1 + 1 / L) + rows * V * 4 * DRAW_TEMPS
@@ -188,8 +188,6 @@ def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prom
 
 # measured coefficients (bench/memory_check.py)
 LAYER_H, LAYER_I, FWD_H, FWD_I, CHUNK_TEMPS, DRAW_TEMPS, STEP_BYTES = 12, 4, 4, 3, 3, 4, 0.25
-#: 1 while the sampler's prefill passes ``logits_to_keep=1`` (an int) to a peft model; 0 once it passes an index tensor
-HEAD_COPY = 1
 
 
 def estimate_memory(cfg: Config, model) -> dict:
@@ -199,8 +197,9 @@ def estimate_memory(cfg: Config, model) -> dict:
     same, sampling and evaluation on ``sample_batch_size`` rows (bounded by ``max_batch_tokens``).
     ``train_peak_gb`` is the largest of the training phases, ``sample_peak_gb`` of sampling and
     evaluation. With ``backend=vllm`` also the colocated engine's share
-    (``vllm_gpu_memory_utilization``), its weights, its KV-cache tokens per GiB and ``min_gpu_gb``, the
-    smallest GPU on which trainer and engine fit side by side.
+    (``vllm_gpu_memory_utilization``), its weights, its KV-cache tokens per GiB, ``min_gpu_gb`` (the
+    smallest GPU on which trainer and engine fit with the engine asleep during the trainer's phases, as
+    on CUDA) and ``min_gpu_gb_awake`` (side by side throughout: a platform without sleep mode).
     """
     d = _shape(model)
     L, kv, head_dim = d["L"], d["kv"], d["hd"]
@@ -230,18 +229,23 @@ def estimate_memory(cfg: Config, model) -> dict:
     if cfg.backend == "vllm":
         # one colocated engine: vLLM takes `u = vllm_gpu_memory_utilization` of the GPU for its own copy
         # of the base weights (bf16, or ~0.53 B per linear weight with bitsandbytes 4-bit), the adapter
-        # and its KV cache; the trainer (and HF sampling for evaluation) gets the rest, 1 - u. The
-        # smallest GPU that holds both: max(trainer peak / (1 - u), (vLLM weights + one full-length
-        # batch of KV cache) / u).
+        # and its KV cache; it samples the pilots, the rollouts and the evaluations, so the trainer's
+        # phases are the update, the gradient norms and the log-probs. On CUDA the engine sleeps between
+        # samplings (rollout.vllm_engine: weights offloaded, KV cache freed), so the trainer's phases have
+        # the whole GPU and only its resident state (weights, adapter, AdamW's moments) shares the GPU
+        # with the awake engine: min_gpu_gb = max(trainer peak, resident / (1 - u), engine / u). Without
+        # sleep mode both stay side by side all the time: min_gpu_gb_awake = max(trainer / (1 - u), engine / u).
         u = cfg.vllm_gpu_memory_utilization
         vw = (linear * 0.53 + (embed + head) * 2) if cfg.load_in_4bit else n_params * 2
         vw += _lora_params(model, cfg.lora_r) * 2
         kv_tok = kv_bytes_per_token(model.config)  # bytes per token of bf16 K and V (= 4 L kv head_dim)
-        need = max(train, sample) / (1 - u)
+        resident = weights + 12 * lora  # the adapter in float32 and AdamW's two moments
         need_vllm = (vw + cfg.sample_batch_size * T * kv_tok) / u
         out.update({
             "vllm_gpu_memory_utilization": u, "vllm_weights_gb": vw / _GB,
-            "vllm_kv_tokens_per_gb": int(_GB / kv_tok), "min_gpu_gb": max(need, need_vllm) / _GB,
+            "vllm_kv_tokens_per_gb": int(_GB / kv_tok), "trainer_resident_gb": resident / _GB,
+            "min_gpu_gb": max(train, resident / (1 - u), need_vllm) / _GB,
+            "min_gpu_gb_awake": max(train / (1 - u), need_vllm) / _GB,
         })
     return out
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["Rollout", "end_token_ids", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "sample_vllm_policy",
+__all__ = ["Rollout", "end_token_ids", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "vllm_sleep_available", "sample_vllm_policy",
            "vllm_problem", "vllm_engine_dtype", "vllm_kv_cache_bytes",
            "to_batch", "expand_counts", "sample_policy", "process_scores"]
 
@@ -184,7 +184,8 @@ def _decode(model, prompt_ids: list[list[int]], expand: np.ndarray, *, ends: tor
         attn[r, width - len(x) :] = 1
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device) if padded else None,
-                position_ids=pos.to(device), use_cache=True, logits_to_keep=1)
+                position_ids=pos.to(device), use_cache=True,
+                logits_to_keep=torch.tensor([width - 1], device=device))  # by index: an int makes peft copy the head
     cache = out.past_key_values
     if cache is None:
         raise RuntimeError("the model returned no KV cache (use_cache=True was ignored); sample_hf needs one")
@@ -465,6 +466,7 @@ class VLLMEngine:
     lora_rank: int
     kwargs: dict = field(default_factory=dict)  # the LLM(...) arguments, for the record
     adapters_sent: int = 0
+    sleeps: bool = False  # sleep mode: the engine's memory is released between samplings (CUDA/ROCm)
 
 
 def vllm_engine_dtype(cfg) -> str:
@@ -493,6 +495,15 @@ def vllm_kv_cache_bytes(cfg, config) -> int:
     return int(tokens * per_token)
 
 
+def vllm_sleep_available() -> bool:
+    """Whether vLLM's sleep mode exists on this platform (``current_platform.is_sleep_mode_available()``:
+    CUDA, ROCm and XPU in vLLM 0.32; not the CPU build)."""
+    _import_vllm()
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
 def vllm_engine(cfg) -> VLLMEngine:
     """The process's engine for ``cfg`` (created on first use, then reused): ``vllm.LLM`` on the
     base model with ``enable_lora``, ``max_lora_rank`` >= ``lora_r``, one adapter slot, at most
@@ -501,9 +512,12 @@ def vllm_engine(cfg) -> VLLMEngine:
     exactly temperature + top-p, as with HF), log-probs after temperature and top-p, seeded with
     ``cfg.seed``, bitsandbytes 4-bit when ``load_in_4bit`` (QLoRA). On a GPU it takes
     ``vllm_gpu_memory_utilization`` of it; on CPU its KV cache is :func:`vllm_kv_cache_bytes`.
-    Built-in names (tiny models, SmolLM2) are saved to a local dir first. vLLM's sleep mode (freeing
-    the engine's memory while the trainer runs) is CUDA/ROCm only (vLLM 0.32:
-    ``is_sleep_mode_available()`` is False on CPU) and is not used."""
+    Built-in names (tiny models, SmolLM2) are saved to a local dir first. Where the platform has vLLM's
+    sleep mode (:func:`vllm_sleep_available`: CUDA, ROCm), the engine is built with
+    ``enable_sleep_mode=True`` and sleeps between samplings (:func:`sample_vllm_policy`), so the
+    trainer's update and gradient-norm passes get the GPU memory back; on CPU (vLLM 0.32:
+    ``is_sleep_mode_available()`` is False) the engine keeps its weights and its KV cache, which the
+    memory plan counts."""
     key = (cfg.model, cfg.device, vllm_engine_dtype(cfg), cfg.load_in_4bit, cfg.lora_r, cfg.vllm_gpu_memory_utilization,
            cfg.sample_batch_size, cfg.max_prompt_length + cfg.max_completion_length, cfg.seed)
     if key in _VLLM_ENGINES:
@@ -547,12 +561,17 @@ def vllm_engine(cfg) -> VLLMEngine:
     del shape
     if cfg.load_in_4bit:
         kwargs["quantization"] = "bitsandbytes"
+    sleeps = torch.device(cfg.device).type != "cpu" and vllm_sleep_available()
+    if sleeps:
+        kwargs["enable_sleep_mode"] = True
     set_threads = torch.set_num_threads
     try:
         llm = LLM(**kwargs)
     finally:  # vLLM's CPU worker makes torch.set_num_threads a no-op for the whole process: the trainer's again
         torch.set_num_threads = set_threads
-    engine = VLLMEngine(llm, base=base, lora_rank=rank, kwargs=kwargs)
+    engine = VLLMEngine(llm, base=base, lora_rank=rank, kwargs=kwargs, sleeps=sleeps)
+    if sleeps:  # asleep until the first sampling: the trainer may run first (a resumed run's update)
+        llm.sleep(level=1)
     _VLLM_ENGINES[key] = engine
     return engine
 
@@ -563,18 +582,26 @@ def sample_vllm_policy(engine: VLLMEngine, policy, tokenizer, prompts: Sequence[
     (``save_pretrained``: adapter config + safetensors, no merge) to a temporary directory and passed
     as ``LoRARequest("gvm_mini", id, dir)`` with a new id, then :func:`sample_vllm` (``n_i`` per
     prompt, prompts as token ids, ``stop_token_ids=end_token_ids(policy, tokenizer)``). ``kw`` goes
-    to :func:`sample_vllm`."""
+    to :func:`sample_vllm`. An engine with sleep mode (``engine.sleeps``) is woken for the sampling and
+    put back to sleep at level 1 after it (weights offloaded to host memory, KV cache discarded; the
+    adapter arrives with each request, so nothing is lost)."""
     import tempfile
 
     if not hasattr(policy, "peft_config"):
         raise ValueError("backend=vllm passes the trained LoRA adapter to vLLM: the policy must be a PEFT "
                          "model (lora=true)")
     engine.adapters_sent += 1
-    with tempfile.TemporaryDirectory(prefix="gvm-mini-lora-") as d:
-        policy.save_pretrained(d)
-        kw.setdefault("stop_token_ids", end_token_ids(policy, tokenizer))
-        return sample_vllm(engine.llm, prompts, counts, lora_path=d, lora_id=engine.adapters_sent,
-                           tokenizer=tokenizer, **kw)
+    if engine.sleeps:
+        engine.llm.wake_up()
+    try:
+        with tempfile.TemporaryDirectory(prefix="gvm-mini-lora-") as d:
+            policy.save_pretrained(d)
+            kw.setdefault("stop_token_ids", end_token_ids(policy, tokenizer))
+            return sample_vllm(engine.llm, prompts, counts, lora_path=d, lora_id=engine.adapters_sent,
+                               tokenizer=tokenizer, **kw)
+    finally:
+        if engine.sleeps:
+            engine.llm.sleep(level=1)
 
 
 def to_batch(rollout: Rollout, pad_id: int, idx: Sequence[int] | None = None):

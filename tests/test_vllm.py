@@ -7,11 +7,13 @@ Engines are module-scoped (one start is 5-10 s on two cores); ``gvm_mini.rollout
 config, as a training process does. Without vLLM installed, only the tests that do not need it run.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -71,9 +73,17 @@ def test_memory_plan_accounts_for_the_colocated_engine():
         plan = make_plan(replace(base, backend="vllm", vllm_gpu_memory_utilization=u))
         assert plan["vllm_gpu_memory_utilization"] == u
         assert 2.8 < plan["vllm_weights_gb"] < 3.2  # 1.54B parameters + the r=64 adapter, 2 bytes each
-        trainer = max(plan["train_peak_gb"], plan["sample_peak_gb"])
-        assert plan["min_gpu_gb"] >= round(trainer / (1 - u), 2) - 0.01
+        # the engine samples everything (evaluation included): the trainer's phases are the training ones.
+        # Awake throughout, trainer and engine share the GPU in 1 - u : u
+        assert plan["min_gpu_gb_awake"] >= round(plan["train_peak_gb"] / (1 - u), 2) - 0.01
+        assert plan["min_gpu_gb_awake"] >= round(plan["vllm_weights_gb"] / u, 2) - 0.01
+        # asleep during training (CUDA): the trainer's peak needs the GPU alone, its resident state (bf16
+        # weights + fp32 adapter + AdamW's moments) shares it with the awake engine
+        assert plan["min_gpu_gb"] >= plan["train_peak_gb"] - 0.01
+        assert plan["min_gpu_gb"] >= round(plan["trainer_resident_gb"] / (1 - u), 2) - 0.01
         assert plan["min_gpu_gb"] >= round(plan["vllm_weights_gb"] / u, 2) - 0.01
+        assert plan["min_gpu_gb"] <= plan["min_gpu_gb_awake"] + 1e-9
+        assert plan["trainer_resident_gb"] > plan["weights_gb"]
     q = make_plan(replace(base, backend="vllm", load_in_4bit=True))
     assert q["vllm_weights_gb"] < 0.6 * plan["vllm_weights_gb"]
 
@@ -184,6 +194,42 @@ def test_engine_from_local_dir_with_kv_cache_from_the_plan(tiny_cfg, tiny_dir, t
     cache = tiny_engine.llm.llm_engine.vllm_config.cache_config
     assert cache.block_size == 128 and cache.num_gpu_blocks == 16
     assert torch.set_num_threads is SET_NUM_THREADS  # the rest of the process keeps its thread control
+
+
+@needs_vllm
+def test_sleep_mode_off_on_cpu_and_wrapped_around_each_sampling(tiny_engine, tiny_policy):
+    """The CPU build has no sleep mode: the engine is built without it. Where it exists (CUDA), each
+    sampling wakes the engine first and puts it back to sleep at level 1 after, also when the sampling
+    fails: the real engine here, its sleep calls recorded instead of executed."""
+    from gvm_mini.rollout import sample_vllm_policy, vllm_sleep_available
+
+    assert vllm_sleep_available() is False
+    assert tiny_engine.sleeps is False and "enable_sleep_mode" not in tiny_engine.kwargs
+
+    class Recorded:
+        def __init__(self, llm):
+            self.llm, self.calls = llm, []
+
+        def wake_up(self, tags=None):
+            self.calls.append("wake_up")
+
+        def sleep(self, level=1):
+            self.calls.append(f"sleep({level})")
+
+        def __getattr__(self, name):
+            self.calls.append(name)
+            return getattr(self.llm, name)
+
+    model, tok = tiny_policy
+    rec = Recorded(tiny_engine.llm)
+    asleep = dataclasses.replace(tiny_engine, llm=rec, sleeps=True)
+    r = sample_vllm_policy(asleep, model, tok, PROMPTS[:2], [2, 1], temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0)
+    assert len(r) == 3
+    assert rec.calls[0] == "wake_up" and rec.calls[-1] == "sleep(1)" and "generate" in rec.calls
+    rec.calls.clear()
+    with pytest.raises(Exception):
+        sample_vllm_policy(asleep, model, tok, PROMPTS[:1], [1], temperature=-1.0, top_p=1.0, max_new_tokens=4, seed=0)
+    assert rec.calls[0] == "wake_up" and rec.calls[-1] == "sleep(1)"
 
 
 @needs_vllm
