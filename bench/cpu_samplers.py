@@ -1,5 +1,8 @@
 """CPU samplers side by side: the HF decode loop (float32, bfloat16) and vLLM's CPU engine, with a roofline.
 
+The bfloat16 HF row is the trainer's own bf16 path (``sample_dtype: bfloat16``,
+``gvm_mini.rollout.sampling_model``: the adapter merged into a bf16 copy of the policy).
+
 All on SmolLM2-135M-Instruct + a LoRA adapter (r=16, its B drawn at random so it is not the identity), the
 real-model task's chat prompts (``configs/smollm2_cpu.yaml``), ``--prompts`` x ``--group`` samples of at
 most ``--max-new-tokens`` tokens at T=1, top-p 0.9, one sampler after another in one process (the HF loops
@@ -25,7 +28,6 @@ standard errors over prompts, and the paired difference with its standard error.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -133,13 +135,14 @@ def _load() -> float | None:
 
 
 def speed(args) -> int:
-    from gvm_mini.rollout import sample_hf, sample_policy, vllm_engine
+    from gvm_mini.rollout import sample_hf, sample_policy, sampling_model, vllm_engine
 
     cfg, model, tok, problems, texts = _setup(args, args.prompts)
     counts = [args.group] * len(texts)
     context = cfg.max_prompt_length // 2 + args.max_new_tokens // 2  # a typical prompt + half the completion
     rows = []
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    # the trainer's own bf16 sampler: a copy with the adapter merged, in bfloat16 (sample_dtype: bfloat16)
+    bf16 = sampling_model(replace(cfg, sample_dtype="bfloat16"), model)
     for name, policy, dtype in (("HF float32", model, torch.float32), ("HF bfloat16", bf16, torch.bfloat16)):
         for b in args.batches:
             t0, c0 = time.perf_counter(), time.process_time()

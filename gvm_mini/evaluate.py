@@ -161,7 +161,7 @@ def evaluate_policy(
     (mean score of each problem) and ``per_draw`` (the accuracy of the j-th sample of every problem,
     j < k: their mean is Average@k, their spread is the spread over evaluation draws).
     """
-    from gvm_mini.rollout import sample_hf, sample_vllm_policy, vllm_engine
+    from gvm_mini.rollout import sample_hf, sample_vllm_policy, sampling_model, vllm_engine
 
     if len(prompts) != len(answers):
         raise ValueError(f"prompts has {len(prompts)} entries but answers has {len(answers)}")
@@ -174,7 +174,7 @@ def evaluate_policy(
                                top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
     else:
         r = sample_hf(
-            model, tokenizer, prompts, [k] * len(prompts), temperature=temperature, top_p=top_p,
+            sampling_model(cfg, model) if cfg is not None else model, tokenizer, prompts, [k] * len(prompts), temperature=temperature, top_p=top_p,
             max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress, desc="eval",
         )
     scores = np.zeros((len(prompts), k))

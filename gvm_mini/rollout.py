@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["Rollout", "end_token_ids", "sample_hf", "sample_vllm", "VLLMEngine", "vllm_engine", "vllm_sleep_available", "sample_vllm_policy",
-           "vllm_problem", "vllm_engine_dtype", "vllm_kv_cache_bytes",
+           "vllm_problem", "vllm_engine_dtype", "sampling_model", "vllm_kv_cache_bytes",
            "to_batch", "expand_counts", "sample_policy", "process_scores"]
 
 
@@ -629,12 +629,30 @@ def to_batch(rollout: Rollout, pad_id: int, idx: Sequence[int] | None = None):
     return input_ids, attn, cmask, blogp
 
 
+def sampling_model(cfg, model):
+    """The model the HF sampler runs for ``cfg``: ``model`` itself when ``cfg.sample_dtype`` is ``auto``
+    (or already the policy's dtype), else a copy with the LoRA adapter merged into the base weights in
+    float32 (``merge_and_unload``: no adapter matmuls while decoding) and then cast to ``sample_dtype``.
+    The copy samples the policy of this moment up to that dtype's rounding (bfloat16: a mean gap of a few
+    hundredths of a nat per token, ``bench/cpu_samplers.py``); the trainer recomputes pi_old in its own
+    dtype (``old_logprobs: recompute``, required), as with vLLM."""
+    import copy
+
+    dtype = getattr(cfg, "sample_dtype", "auto")
+    if dtype == "auto" or next(model.parameters()).dtype == getattr(torch, dtype):
+        return model
+    twin = copy.deepcopy(model)
+    if hasattr(twin, "merge_and_unload"):
+        twin = twin.merge_and_unload()
+    return twin.to(getattr(torch, dtype)).eval().requires_grad_(False)
+
+
 def sample_policy(cfg, model, tokenizer, prompts: Sequence[str], counts: Sequence[int], seed: int, desc: str = "sample",
                   temperature: float | None = None) -> Rollout:
     """``counts[i]`` completions of ``prompts[i]`` from the policy with the run's sampling settings
     (``cfg.temperature`` unless ``temperature`` is given, ``top_p``, ``max_completion_length``): the HF
-    decode loop, or with ``backend: vllm`` one colocated engine sampling the current LoRA adapter as a
-    LoRA request (no merge)."""
+    decode loop (on :func:`sampling_model`: the policy, or its merged copy in ``sample_dtype``), or with
+    ``backend: vllm`` one colocated engine sampling the current LoRA adapter as a LoRA request (no merge)."""
     temperature = cfg.temperature if temperature is None else temperature
     if cfg.backend == "vllm":
         return sample_vllm_policy(
@@ -642,7 +660,7 @@ def sample_policy(cfg, model, tokenizer, prompts: Sequence[str], counts: Sequenc
             max_new_tokens=cfg.max_completion_length, seed=seed, progress=cfg.progress,
         )
     return sample_hf(
-        model, tokenizer, prompts, counts, temperature=temperature, top_p=cfg.top_p,
+        sampling_model(cfg, model), tokenizer, prompts, counts, temperature=temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_completion_length, batch_size=cfg.sample_batch_size,
         max_batch_tokens=cfg.max_batch_tokens, seed=seed, progress=cfg.progress, desc=desc,
     )

@@ -174,3 +174,50 @@ def test_samples_do_not_depend_on_when_finished_rows_are_dropped(policy, monkeyp
     assert a.completion_ids == b.completion_ids  # log-probs to float rounding: the batch widths differ
     assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(a.logprobs, b.logprobs))
     assert len({len(c) for c in a.completion_ids}) > 2  # rows ended at different steps: some were dropped
+
+
+def _lora_policy(seed=0):
+    from gvm_mini.config import Config, validate
+    from gvm_mini.em import build_policy
+
+    cfg = validate(Config(model="tiny-llama", lora=True, lora_r=4, device="cpu", dtype="float32", progress=False, seed=seed))
+    model, tok = build_policy(cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # a fresh adapter is the identity: make B non-zero so the merge matters
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return cfg, model, tok
+
+
+def test_sampling_model_merges_the_adapter_into_a_copy_in_sample_dtype():
+    """sample_dtype=auto samples the policy itself; bfloat16 a merged bf16 copy whose logits are the
+    float32 policy's up to bf16 rounding (and far from the base's without the adapter), the policy untouched."""
+    from gvm_mini.config import replace
+    from gvm_mini.rollout import sampling_model
+
+    cfg, model, tok = _lora_policy()
+    assert sampling_model(cfg, model) is model
+    twin = sampling_model(replace(cfg, sample_dtype="bfloat16"), model)
+    assert twin is not model and not hasattr(twin, "peft_config")
+    assert {p.dtype for p in twin.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and hasattr(model, "peft_config")
+    ids = torch.tensor([tok("What is 3+4?")["input_ids"]])
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.float().log_softmax(-1)
+        got = twin(input_ids=ids).logits.float().log_softmax(-1)
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits.float().log_softmax(-1)
+    gap, adapter = (got - ref).abs().mean().item(), (base - ref).abs().mean().item()
+    assert gap < 0.05 and adapter > 5 * gap, (gap, adapter)
+
+
+def test_sample_dtype_needs_hf_recompute_and_no_4bit():
+    from gvm_mini.config import Config, ConfigError, validate
+
+    validate(Config(sample_dtype="bfloat16"))
+    for bad in (dict(sample_dtype="int8"), dict(sample_dtype="bfloat16", old_logprobs="behaviour"),
+                dict(sample_dtype="bfloat16", load_in_4bit=True, lora=True)):
+        with pytest.raises(ConfigError):
+            validate(Config(**bad))
+    validate(Config(sample_dtype="bfloat16", backend="vllm", lora=True))  # the HF sampler's: vLLM has vllm_dtype
