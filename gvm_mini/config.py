@@ -115,7 +115,7 @@ class Config:
     # --- sampling ----------------------------------------------------------------------------
     backend: str = "hf"  # hf (sample_hf decode loop) | vllm (extra; CUDA or CPU build: one colocated engine, the LoRA adapter as a LoRARequest)
     vllm_gpu_memory_utilization: float = 0.3  # backend=vllm on a GPU: the share of the GPU vLLM takes (its weights + KV cache); the trainer gets the rest. On CPU the KV cache comes from the memory plan instead
-    sample_dtype: str = "auto"  # backend=hf: sample (pilots, rollouts, evaluation) with a merged copy of the policy in this dtype (bfloat16 on a CPU with bf16 matmuls: faster); auto = the policy itself. The trainer stays in `dtype`; needs old_logprobs=recompute. Unused with backend=vllm (vllm_dtype)
+    sample_dtype: str = "auto"  # backend=hf: sample (pilots, rollouts, evaluation) with a merged copy of the policy in this dtype (bfloat16 on a CPU with bf16 matmuls: faster); auto = the policy itself. The trainer stays in `dtype`; needs old_logprobs=recompute. Unused with backend=vllm (vllm_dtype) and with load_in_4bit (the 4-bit policy samples itself)
     vllm_dtype: str = "auto"  # backend=vllm: the engine's weights; auto = float16 for a float16 GPU run, else bfloat16 (CUDA LoRA kernels are 16-bit; on CPU float32 also works and matches the trainer's fp32 log-probs)
     temperature: float = 1.0
     top_p: float = 1.0
@@ -414,9 +414,9 @@ def validate(cfg: Config) -> Config:
         )
     _choice(cfg, "vllm_dtype", ("auto", "float32", "bfloat16", "float16"))
     _choice(cfg, "sample_dtype", ("auto", "float32", "bfloat16", "float16"))
-    if cfg.sample_dtype != "auto" and cfg.backend == "hf":  # the HF sampler's (vLLM's engine has vllm_dtype)
-        if cfg.load_in_4bit:
-            raise ConfigError("sample_dtype needs a policy it can merge into a copy; with load_in_4bit leave it at auto")
+    # the HF sampler's speed knob: unused with vLLM (its engine has vllm_dtype) and with a 4-bit policy
+    # (nothing to merge into: the 4-bit policy samples itself)
+    if cfg.sample_dtype != "auto" and cfg.backend == "hf" and not cfg.load_in_4bit:
         if cfg.old_logprobs != "recompute":
             raise ConfigError(f"sample_dtype={cfg.sample_dtype} samples from a copy in another dtype, so the sampler's "
                               "log-probs are not the trainer's: use old_logprobs=recompute")

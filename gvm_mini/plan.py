@@ -171,6 +171,14 @@ def phase_memory(cfg: Config, model, phase: str, *, rows: int, tokens: int, prom
     if phase == "logprobs":
         return base + max(N * forward_layer, N * V * a + chunks)
     if phase in ("sampling", "evaluation"):
+        sample_dtype = getattr(cfg, "sample_dtype", "auto")
+        if sample_dtype != "auto" and cfg.backend == "hf" and not cfg.load_in_4bit and sample_dtype != cfg.dtype:
+            # the HF sampler runs a merged copy of the policy in sample_dtype (rollout.sampling_model): its
+            # weights beside the trainer's, and activations, KV cache and logits in its dtype
+            a = {"float32": 4, "bfloat16": 2, "float16": 2}[sample_dtype]
+            n = sum(p.numel() for p in model.parameters()) - (lora if cfg.lora else 0)
+            base += n * a
+            forward_layer = a * (FWD_H * h + FWD_I * I)
         per_prompt = cfg.num_pilot if phase == "sampling" else cfg.eval_samples
         U = prompts if prompts is not None else (max(1, math.ceil(rows / max(per_prompt, 1))) if rows else 0)
         P = prompt_tokens if prompt_tokens is not None else min(cfg.max_prompt_length, tokens)

@@ -631,7 +631,7 @@ def to_batch(rollout: Rollout, pad_id: int, idx: Sequence[int] | None = None):
 
 def sampling_model(cfg, model):
     """The model the HF sampler runs for ``cfg``: ``model`` itself when ``cfg.sample_dtype`` is ``auto``
-    (or already the policy's dtype), else a copy with the LoRA adapter merged into the base weights in
+    (or already the policy's dtype, or the policy is 4-bit), else a copy with the LoRA adapter merged into the base weights in
     float32 (``merge_and_unload``: no adapter matmuls while decoding) and then cast to ``sample_dtype``.
     The copy samples the policy of this moment up to that dtype's rounding (bfloat16: a mean gap of a few
     hundredths of a nat per token, ``bench/cpu_samplers.py``); the trainer recomputes pi_old in its own
@@ -639,8 +639,8 @@ def sampling_model(cfg, model):
     import copy
 
     dtype = getattr(cfg, "sample_dtype", "auto")
-    if dtype == "auto" or next(model.parameters()).dtype == getattr(torch, dtype):
-        return model
+    if dtype == "auto" or getattr(cfg, "load_in_4bit", False) or next(model.parameters()).dtype == getattr(torch, dtype):
+        return model  # (a 4-bit policy has nothing to merge into: it samples itself)
     twin = copy.deepcopy(model)
     if hasattr(twin, "merge_and_unload"):
         twin = twin.merge_and_unload()

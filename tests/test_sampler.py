@@ -212,12 +212,12 @@ def test_sampling_model_merges_the_adapter_into_a_copy_in_sample_dtype():
     assert gap < 0.05 and adapter > 5 * gap, (gap, adapter)
 
 
-def test_sample_dtype_needs_hf_recompute_and_no_4bit():
+def test_sample_dtype_needs_recompute_and_is_the_hf_samplers_only():
     from gvm_mini.config import Config, ConfigError, validate
 
     validate(Config(sample_dtype="bfloat16"))
-    for bad in (dict(sample_dtype="int8"), dict(sample_dtype="bfloat16", old_logprobs="behaviour"),
-                dict(sample_dtype="bfloat16", load_in_4bit=True, lora=True)):
+    for bad in (dict(sample_dtype="int8"), dict(sample_dtype="bfloat16", old_logprobs="behaviour")):
         with pytest.raises(ConfigError):
             validate(Config(**bad))
+    validate(Config(sample_dtype="bfloat16", load_in_4bit=True, lora=True))  # the 4-bit policy samples itself
     validate(Config(sample_dtype="bfloat16", backend="vllm", lora=True))  # the HF sampler's: vLLM has vllm_dtype
