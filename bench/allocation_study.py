@@ -206,15 +206,15 @@ def _summarise(out: Path, rules, algorithms, warm, seeds, budget: int, run_dir=N
         cluster = np.repeat(np.arange(len(warm)), len(seeds))
         for label, row in rows.items():
             f = np.array(row["finals"])
-            row.update(final_mean=float(f.mean()), final_se=_clustered_se(f, cluster))
+            row.update(final_mean=float(f.mean()), final_se=clustered_se(f, cluster))
             d = f - np.array(rows["uniform"]["finals"])
-            row.update(paired_diff=float(d.mean()), paired_se=_clustered_se(d, cluster))
+            row.update(paired_diff=float(d.mean()), paired_se=clustered_se(d, cluster))
             base = None if label in UNIFORM_OF.values() else baseline_of(label, rules)
             if base in rows:
                 d = f - np.array(rows[base]["finals"])
                 row["vs_uniform_same_weighting"] = {"baseline": base, "mean": float(d.mean()),
-                                                    "se": _clustered_se(d, cluster)}
-                row.update(_tokens_to_target(grid, curves[label], curves[base], cluster))
+                                                    "se": clustered_se(d, cluster)}
+                row.update(tokens_to_target(grid, curves[label], curves[base], cluster))
             row["curve"] = curves[label].mean(axis=0).tolist()
         if "uniform-prompt" in rows:
             wr = rows["uniform-prompt"]
@@ -280,7 +280,7 @@ def _same_or_tokens(row: dict) -> tuple:
     return (same["mean"], same["se"]) if same else (row["paired_diff"], row["paired_se"])
 
 
-def _clustered_se(d: np.ndarray, cluster: np.ndarray) -> float | None:
+def clustered_se(d: np.ndarray, cluster: np.ndarray) -> float | None:
     """SE of ``d``'s mean: over cluster means when there are several clusters (runs of one warm start
     share a model, so their seeds are not independent pairs), else over the runs. None for one value."""
     groups = np.unique(cluster)
@@ -290,7 +290,7 @@ def _clustered_se(d: np.ndarray, cluster: np.ndarray) -> float | None:
     return float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None
 
 
-def _tokens_to_target(grid, rule_curves, base_curves, cluster, n_boot: int = 2000, seed: int = 0) -> dict:
+def tokens_to_target(grid, rule_curves, base_curves, cluster, n_boot: int = 2000, seed: int = 0) -> dict:
     """Tokens at which the rule's mean curve first reaches the baseline's mean final accuracy, as a ratio
     to the baseline's own tokens to that level (below 1: the rule gets there with fewer tokens), with a
     95% bootstrap interval that resamples the (warm start, seed) pairs, clusters whole. A resample whose
@@ -421,7 +421,7 @@ def _synthetic(warm: list[int], seeds: list[int], *, smoke: bool, rules=RULES) -
         f, d = np.array(row["finals"]), np.array(row["finals"]) - base
         n = len(f)
         row.update(final_mean=float(f.mean()), final_se=float(f.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-                   paired_diff=float(d.mean()), paired_se=_clustered_se(d, np.repeat(np.arange(len(warm)), len(seeds))),
+                   paired_diff=float(d.mean()), paired_se=clustered_se(d, np.repeat(np.arange(len(warm)), len(seeds))),
                    weighting="lemma1")
         if label != "uniform":  # every arm runs Lemma 1's M-step: uniform is the same-weighting baseline
             row["vs_uniform_same_weighting"] = {"baseline": "uniform", "mean": row["paired_diff"], "se": row["paired_se"]}
