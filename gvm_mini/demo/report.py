@@ -145,7 +145,8 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: in
             _plot_families(out, runs, labels, families, budget, plt)
     gvm = [lab for lab in labels if lab.startswith("GVM")]
     if gvm:
-        _plot_allocation_by_family(out / f"{gvm[0]}-s{seeds[0]}", out / "allocation.png", families, plt)
+        _plot_allocation_by_family(out / f"{gvm[0]}-s{seeds[0]}", out / "allocation.png", families, plt,
+                                   title=f"{gvm[0]}'s Proposition-1 allocation (seed {seeds[0]}): every prompt of every iteration")
     summary["table"] = _table(summary, labels)
     atomic_write_text(out / "summary.md", summary["table"] + "\n")
     atomic_write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))
@@ -274,30 +275,60 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
     plt.close(fig)
 
 
-def _plot_allocation_by_family(run_dir: Path, path: Path, families: list[str], plt) -> None:
-    """n_i against the pilot p_i for every prompt of every iteration, coloured by family (the paper's
-    Figure 2), with the uniform budget as a reference line."""
+def _plot_allocation_by_family(run_dir: Path, path: Path, families: list[str], plt, title: str | None = None) -> None:
+    """The Proposition-1 allocation of one run, every prompt-visit (the paper's Figure 2). Left: n_i
+    against the pilot's p_i (N' = 4: p_i takes five values, so each value's points are spread sideways
+    and the mean n_i at each is marked). Right, with families: each family's n_i as a strip, its mean
+    (diamond) and the share of its visits with n_i = 0 written above it; without families, the points
+    coloured by difficulty. The uniform budget is the dashed line."""
     recs = read_jsonl(run_dir / "allocations.jsonl")
     p = np.concatenate([np.asarray(r["p"], float) for r in recs])
     n = np.concatenate([np.asarray(r["n"], float) for r in recs])
     d = np.concatenate([np.asarray(r["difficulty"], float) for r in recs])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    jitter = np.random.default_rng(0).uniform(-0.012, 0.012, p.size)
-    if families:
-        cmap = plt.get_cmap("tab10")
+    rng = np.random.default_rng(0)
+    uniform = 8
+    if not families:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        sc = ax.scatter(p + rng.uniform(-0.06, 0.06, p.size), n, c=d, cmap="viridis", s=14, alpha=0.8)
+        fig.colorbar(sc, ax=ax, label="difficulty = operands x digits")
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.3]})
+        ax = axes[0]
+        colors = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 8, 9)]
+        markers = "osD^vP*X"
         for j, f in enumerate(families):
             sel = d == j
-            ax.scatter(p[sel] + jitter[sel], n[sel], s=14, color=cmap(j), alpha=0.7,
-                       label=f"{f} ({RULE_FAMILIES.get(f, '?')}): {100 * np.mean(n[sel] == 0):.0f}% get 0")
-    else:
-        sc = ax.scatter(p + jitter, n, c=d, cmap="viridis", s=14)
-        fig.colorbar(sc, ax=ax, label="difficulty (operands x digits)")
-    ax.axhline(8, color="black", ls="--", lw=1, label="uniform: 8 per prompt")
-    ax.legend(fontsize=7, ncol=2, title="family: share of its prompts with n_i = 0" if families else None, title_fontsize=7)
-    ax.set_xlabel("pilot acceptance rate p_i (N' = 4 pilots)")
+            ax.scatter(p[sel] + rng.uniform(-0.08, 0.08, sel.sum()), n[sel], s=12, color=colors[j % 8],
+                       marker=markers[j % 8], alpha=0.6, label=f"{f} ({RULE_FAMILIES.get(f, '?')})")
+        ax.set_title("n_i against p_i; colour and marker: the family (right)", fontsize=10)
+        right = axes[1]
+        for j, f in enumerate(families):
+            sel = n[d == j]
+            if not sel.size:
+                continue
+            right.scatter(j + rng.uniform(-0.25, 0.25, sel.size), sel, s=10, color=colors[j % 8], marker=markers[j % 8],
+                          alpha=0.45)
+            right.scatter([j], [sel.mean()], marker="D", s=60, color="black", zorder=3)
+            right.annotate(f"{100 * np.mean(sel == 0):.0f}% at 0\nmean {sel.mean():.1f}", (j, max(n.max(), 1) * 1.02),
+                           ha="center", va="bottom", fontsize=9)
+        right.axhline(uniform, color="black", ls="--", lw=1)
+        right.set_xticks(range(len(families)))
+        right.set_xticklabels([f"{f}\n{RULE_FAMILIES.get(f, '?')}" for f in families], fontsize=9)
+        right.set_ylim(-2, max(n.max(), 1) * 1.22)
+        right.set_ylabel("allocated samples n_i")
+        right.set_title("per family: every prompt-visit's n_i, its mean (diamond), the share at 0", fontsize=10)
+        right.grid(alpha=0.3, axis="y")
+    ax = axes[0]
+    for v in np.unique(p):
+        ax.plot([v - 0.1, v + 0.1], [n[p == v].mean()] * 2, color="black", lw=2)
+    ax.axhline(uniform, color="black", ls="--", lw=1, label=None)
+    ax.text(0.01, uniform, f"uniform: {uniform}", va="bottom", fontsize=9, transform=ax.get_yaxis_transform())
+    ax.set_xticks(np.unique(p))
+    ax.set_xlabel("pilot acceptance rate p_i (N' = 4 pilots; black bar: mean n_i)")
     ax.set_ylabel("allocated samples n_i")
-    ax.set_title(f"Proposition-1 allocation, {run_dir.name}: every prompt of every iteration")
     ax.grid(alpha=0.3)
+    fig.suptitle(title or "Proposition-1 allocation of one GVM run: every prompt of every iteration", fontsize=11)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
