@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -148,6 +149,17 @@ def _import_bitsandbytes():
         return importlib.import_module("bitsandbytes")
     finally:
         cpu_log.setLevel(level)
+
+
+def _import_peft():
+    """Import peft with bitsandbytes (when installed) imported first under :func:`_import_bitsandbytes`'s
+    quieted logger: peft imports bitsandbytes itself, which would print the ``kernels`` warning."""
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        try:
+            _import_bitsandbytes()
+        except Exception:  # a broken bitsandbytes is peft's business (and check_4bit_available's), not ours here
+            pass
+    return importlib.import_module("peft")
 
 
 def check_4bit_available(device: str | torch.device) -> None:
@@ -553,7 +565,8 @@ def add_lora(
     choice). LoRA's B matrices start at zero, so the wrapped model's outputs equal the base model's
     until the first update; A is initialised from ``seed`` (the caller's RNG state is untouched).
     """
-    from peft import LoraConfig, get_peft_model
+    peft = _import_peft()
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     config = LoraConfig(
         r=r,
@@ -584,7 +597,7 @@ def reference_logits_context(model) -> Iterator:
     A plain model (full fine-tuning) has no adapter to switch off: this raises ``TypeError``, and the
     caller must keep a frozen copy instead (``copy.deepcopy(model).eval().requires_grad_(False)``).
     """
-    from peft import PeftModel
+    PeftModel = _import_peft().PeftModel
 
     if not isinstance(model, PeftModel):
         raise TypeError(

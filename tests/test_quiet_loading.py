@@ -44,3 +44,17 @@ def test_load_and_save_are_quiet_and_restore_the_setting(model_dir, tmp_path, ca
         assert not hf_logging.is_progress_bar_enabled()  # a user who turned them off keeps them off
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_lora_is_added_without_the_bitsandbytes_kernels_warning():
+    """peft imports bitsandbytes (when installed) on its first use; on a CPU with AVX-512 BF16 that import
+    logs "Failed to load CPU gemm_4bit_forward from kernels-community ..." (the optional `kernels`
+    package). models.add_lora imports peft after bitsandbytes under a quieted logger: a fresh process
+    adds LoRA and prints nothing about it."""
+    import subprocess
+    import sys
+
+    code = ("from gvm_mini import models; from gvm_mini.standins import offline_tokenizer, tiny_model; "
+            "tok = offline_tokenizer(); models.add_lora(tiny_model(tok), r=4)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "kernels" not in out.stderr + out.stdout, out.stderr
