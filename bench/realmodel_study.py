@@ -1,7 +1,7 @@
 """Does per-prompt allocation help a real model? SmolLM2-135M-Instruct + LoRA at a scale where 0.05 shows.
 
-    python bench/realmodel_study.py --tune                 # the design step, on a tuning split only (~25 min here)
-    python bench/realmodel_study.py --workers 2            # the study: 6 arms x 5 seeds (see the estimate in the tuning md)
+    python bench/realmodel_study.py --tune                 # the design step, on a tuning split only (minutes)
+    python bench/realmodel_study.py --workers 2            # the study: 6 arms x 5 seeds (about 4 core-hours: tuning md)
     python bench/realmodel_study.py --workers 2 --qlora    # ... and uniform RAFT++ with QLoRA, 3 seeds
     python bench/realmodel_study.py --workers 2 --resume   # continue after an interruption (finished runs are kept)
     python bench/realmodel_study.py --summarize            # only rewrite the results from the run directories
@@ -18,16 +18,18 @@ study is built for power. Its design is fixed by ``--tune`` and written down, wi
   (problems from another data seed, none of them in the study's training or evaluation prompts; sampling
   seeds of their own) with the study's sampler (T = 1, top_p 0.9, the merged bfloat16 copy of the policy),
   ``--tune-k`` draws per prompt, and picks the candidate with the largest share of prompts strictly
-  between 0 and 1 (ties: the mean closer to 0.5).
-- **Evaluation**: :data:`EVAL_PROMPTS` held-out prompts, Average@:data:`EVAL_K` at T = 1 and top_p 0.9
-  with the same draws every time (common random numbers); the binomial standard error of one evaluation,
-  ``sqrt(p (1 - p) / (prompts k))``, is at most 0.03 at any mean ``p``. Evaluations at a few budgets:
-  at the start, every :data:`EVAL_EVERY` iterations (about 4 evaluations of a uniform run) and at the final
-  budget (a run stops after the M-step that crosses it and is evaluated there). The start evaluation is
-  the same for every arm of a seed (LoRA's B starts at zero, so every arm samples the released model
-  with the same draws): it is computed once per seed and reused (``start_eval/`` in the run root,
-  with the random state it leaves behind, so a run that reuses it continues exactly as one that
-  computed it).
+  between 0 and 1 at the held-out set's mix of levels (ties: the mean closer to 0.5). Chosen:
+  :data:`STUDY_TASK`, two-operand addition with one- and two-digit numbers.
+- **Evaluation**: :data:`EVAL_PROMPTS` held-out prompts at T = 1 and top_p 0.9 with the same draws every
+  time (common random numbers). The evaluations that decide, at the start and at the final budget, are
+  Average@:data:`EVAL_K`: binomial standard error ``sqrt(p (1 - p) / (prompts k))`` at most 0.022 at any
+  mean ``p``. Between them, every :data:`EVAL_EVERY` iterations (a few per run, not every iteration),
+  :data:`EVAL_K_CURVE` draw per prompt for the curve. A run stops after the M-step that crosses its budget
+  and is evaluated there; the final's extra draws (``final_draws.json``, a seed of their own) join that
+  evaluation. The start evaluation is the same for every arm of a seed (LoRA's B starts at zero, so every
+  arm samples the released model with the same draws): it is computed once per seed and reused
+  (``start_eval/`` in the run root, with the random state it leaves behind, so a run that reuses it
+  continues exactly as one that computed it).
 - **Training**: LoRA r 16 on every linear layer, float32 trainer (``pi_old`` recomputed in float32),
   sampling with the merged bfloat16 copy (``sample_dtype: bfloat16``, ``gvm_mini.rollout.sampling_model``:
   the behaviour log-probs are a few hundredths of a nat per token from the float32 recompute, and the
@@ -53,8 +55,8 @@ rule is named alone, so it runs with the settings its name resolves to (``gvm_mi
 What the study reports (``bench/results/realmodel_study.{json,md,png}``), per arm: ``seeds``,
 ``eval_prompts``, the final accuracy (the last evaluation, at the final budget) as mean and SE over
 seeds; ``vs_uniform_same_weighting``: the paired difference and its SE against the uniform RAFT++ arm with
-the same M-step weighting (``bench/allocation_study.py``'s key: ``weighting_of``, ``baseline_of``,
-``clustered_se``; uniform GRPO is paired with token-mean uniform RAFT++, which makes its row the
+the same M-step weighting (``bench/allocation_study.py``'s key, with its ``weighting_of``, ``UNIFORM_OF``
+and ``clustered_se``; uniform GRPO is paired with token-mean uniform RAFT++, which makes its row the
 algorithm's difference); ``vs_uniform_tokens`` against token-mean uniform RAFT++; the tokens at which the arm's
 mean curve reaches its baseline's final accuracy, as a ratio with a 95% bootstrap interval over seeds
 (``tokens_to_target``); a per-difficulty breakdown (held-out prompts binned by the starting model's pass
@@ -110,13 +112,14 @@ CANDIDATES = {
 #: the candidates --tune measures by default
 TUNE_TASKS = ["addsub-2op-2d", "addsub-2to3op-1d", "add-2op-2d", "add-2to3op-1d"]
 #: the task the study runs: --tune's choice (the study refuses to run if the tuning record names another)
-STUDY_TASK = "addsub-2to3op-1d"
-TRAIN_PROMPTS = 64
+STUDY_TASK = "add-2op-2d"
+TRAIN_PROMPTS = 32  # the first 32 of the 64 the tuning split was kept apart from: ~2 epochs in the budget
 EVAL_PROMPTS = 256
-EVAL_K = 2
+EVAL_K = 2  # draws per held-out prompt at the start and at the final budget (the evaluations that decide)
+EVAL_K_CURVE = 1  # draws per held-out prompt at the budgets between (the curve)
 LEARNING_RATE = 3e-4
-BUDGET = 30_000  # generated tokens per run, pilots counted
-EVAL_EVERY = 3  # iterations
+BUDGET = 16_000  # generated tokens per run, pilots counted (about 3x realmodel_curve's, which gained 0.25 in 5,500)
+EVAL_EVERY = 3  # iterations: ~4 evaluations of a uniform run (start, 3, 6, final), ~3 of a pilot-paying one
 SEEDS = 5
 QLORA_SEEDS = 3
 DATA_SEED = 1234  # the study's training and evaluation prompts
@@ -128,7 +131,7 @@ STUDY = {
     "train_size": TRAIN_PROMPTS, "test_size": EVAL_PROMPTS, "eval_size": None, "data_seed": DATA_SEED,
     "num_pilot": 4, "samples_per_prompt": 8, "prompts_per_step": 8, "steps_per_iteration": 1,
     "mini_batch_size": 16, "sample_batch_size": 64, "sample_dtype": "bfloat16",
-    "learning_rate": LEARNING_RATE, "eval_every": EVAL_EVERY, "eval_samples": EVAL_K, "iterations": 1000,
+    "learning_rate": LEARNING_RATE, "eval_every": EVAL_EVERY, "eval_samples": EVAL_K_CURVE, "iterations": 1000,
     "save_weights": False,
 }
 
@@ -201,10 +204,11 @@ def start_eval_key(cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def share_start_evaluation(cache: Path) -> None:
-    """This process's next evaluation (a fresh run's start evaluation) is read from ``cache`` when an arm
-    of the same seed wrote it, else computed and written there. The torch random state the evaluation
-    leaves behind is kept with it and restored, so the run continues exactly as if it had sampled."""
+def share_start_evaluation(cache: Path, k: int = EVAL_K) -> None:
+    """This process's next evaluation (a fresh run's start evaluation, ``k`` draws per prompt) is read from
+    ``cache`` when an arm of the same seed wrote it, else computed and written there. The torch random state
+    the evaluation leaves behind is kept with it and restored, so the run continues exactly as if it had
+    sampled."""
     import torch
 
     from gvm_mini import em
@@ -218,9 +222,15 @@ def share_start_evaluation(cache: Path) -> None:
             got = json.loads(cache.read_text())
             torch.set_rng_state(torch.tensor(got.pop("_torch_rng_state"), dtype=torch.uint8))
             return {**got, "shared_start": True}
-        res = real(*a, **kw)
+        import fcntl  # one worker computes a seed's start evaluation; another that needs it waits for it
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, json.dumps({**res, "_torch_rng_state": torch.get_rng_state().tolist()}))
+        with open(cache.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cache.is_file():
+                return evaluate_policy(*a, **kw)
+            res = real(*a, **{**kw, "k": k})
+            atomic_write_text(cache, json.dumps({**res, "_torch_rng_state": torch.get_rng_state().tolist()}))
         return res
 
     em.evaluate_policy = evaluate_policy
@@ -241,15 +251,39 @@ def run_one(label: str, seed: int, out: Path, *, smoke: bool, budget: int, resum
     d = run_dir(out, label, seed)
     resumed = resume and (d / "config.yaml").exists()
     metrics = d / "metrics.jsonl"
-    started = resumed and metrics.is_file() and any('"kind": "eval"' in line for line in metrics.read_text().splitlines())
+    started = resumed and metrics.is_file() and any(json.loads(line).get("kind") == "eval"
+                                                    for line in metrics.read_text().splitlines() if line.strip())
     if share_start and not started:
         share_start_evaluation(out / "start_eval" / f"{start_eval_key(cfg)}.json")
     t0, c0 = time.perf_counter(), _cpu_s()
-    em.run(cfg, d, resume=resumed)
+    em.seed_all(em.phase_seed(cfg.seed, "init"))  # as em.run does before it builds the policy
+    model, tok = em.build_policy(cfg)
+    em.run(cfg, d, resume=resumed, model=model, tokenizer=tok)
+    second_final_draw(cfg, model, tok, d)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (the process's peak)
     atomic_write_text(d / "done.json", json.dumps({
         "peak_rss_mib": round(peak_kib / 1024, 1), "resumed": resumed, "process_wall_s": round(time.perf_counter() - t0, 1),
         "process_cpu_s": round(_cpu_s() - c0, 1)}))
+
+
+def second_final_draw(cfg, model, tok, d: Path) -> None:
+    """One more draw per held-out prompt from the final policy (``EVAL_K - eval_samples`` draws, a seed of
+    its own), written to ``final_draws.json``: with the run's last evaluation it makes the final accuracy
+    Average@EVAL_K while the evaluations between stay at ``eval_samples`` draws."""
+    from gvm_mini import data, em
+    from gvm_mini.evaluate import evaluate_policy
+    from gvm_mini.rundir import atomic_write_text
+
+    path = d / "final_draws.json"
+    extra = EVAL_K - cfg.eval_samples
+    if extra <= 0 or path.is_file():
+        return
+    train, test = em.load_problems(cfg)
+    test = data.prompts_that_fit(cfg, tok, train, test, out=lambda *a: None)[1]
+    res = evaluate_policy(model, tok, em.prompt_texts(cfg, tok, test), [p.answer for p in test], cfg.verifier, k=extra,
+                          temperature=cfg.eval_temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
+                          batch_size=cfg.sample_batch_size, seed=em.phase_seed(cfg.seed, "eval", "final draws"), cfg=cfg)
+    atomic_write_text(path, json.dumps(res))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,34 +429,38 @@ def tune(tasks: list[str], prompts: int, k: int, *, mstep_probe: bool = True) ->
     return {"rows": rows, "chosen": chosen, "mstep_probe": probe}
 
 
-def cost_estimate(tuned: dict, budget: int = BUDGET, seeds: int = SEEDS) -> dict:
-    """Core-seconds of the study from the tuning's measured CPU throughput: sampling tokens (training,
+def cost_estimate(tuned: dict, budget: int = BUDGET, seeds: int = SEEDS, shorten: float = 0.7) -> dict:
+    """Core-seconds of the study from the tuning's measured CPU throughput: sampling (training tokens,
     pilots counted, and evaluation) at the chosen task's tokens per CPU-second, plus the M-steps at the
-    measured CPU seconds per forwarded sample. Assumptions (stated in the md): answers as long as the
-    start's for training, evaluation answers as long as the start's (an upper bound: trained answers
-    shorten), a forwarded share of samples equal to the start's pass rate for RAFT++ (the accepted ones)
-    and to the share of mixed groups for GRPO, twice that for gvm_robust and knapsack (they sample the
-    prompts with signal), evaluations per run: one shared start and ``ceil(iterations / EVAL_EVERY)``."""
+    measured CPU seconds per forwarded sample. Two cases: every answer as long as the start's ("upper"),
+    and answers after the start ``shorten`` times as long ("central"; realmodel_curve's uniform runs went
+    from 43 to 30 tokens): more samples and evaluations per token budget, each evaluation cheaper. Forwarded share of the samples:
+    the start's pass rate at the held-out mix for RAFT++ (the accepted ones), twice that for gvm_robust
+    and knapsack (they spend on prompts with signal), the share of prompts with mixed groups for GRPO.
+    Evaluations per run: the shared start (EVAL_K draws, once per seed), ``ceil(iterations / EVAL_EVERY)``
+    at EVAL_K_CURVE draws and the final's extra EVAL_K - EVAL_K_CURVE draws."""
     row = tuned["rows"][tuned["chosen"]]
     rate = row["tokens_per_cpu_s"]
-    per_sample = row["mean_len"]
-    probe = tuned.get("mstep_probe") or {}
-    upd = probe.get("cpu_s_per_forwarded_sample", 1.0)
-    p = row["pass_rates"]["mean"]
-    between = row["pass_rates"]["share_between"]
-    samples = budget / per_sample
-    iters = samples / (STUDY["prompts_per_step"] * STUDY["samples_per_prompt"])
-    evals = int(np.ceil(iters / EVAL_EVERY))
-    eval_s = EVAL_PROMPTS * EVAL_K * per_sample / rate
+    upd = (tuned.get("mstep_probe") or {}).get("cpu_s_per_forwarded_sample", 1.0)
+    p = row.get("mean_at_eval_mix") or row["pass_rates"]["mean"]
+    between = row.get("share_between_at_eval_mix") or row["pass_rates"]["share_between"]
     forwarded = {"uniform-RAFT++": p, "uniform-RAFT++-prompt": p, "uniform-GRPO": between, "GVM-RAFT++": p,
                  "gvm_robust-RAFT++": min(1.0, 2 * p), "knapsack+history-RAFT++": min(1.0, 2 * p)}
-    runs = {lab: budget / rate + samples * f * upd + evals * eval_s for lab, f in forwarded.items()}
-    start = seeds * eval_s
-    total = seeds * sum(runs.values()) + start
-    return {"budget": budget, "seeds": seeds, "iterations_per_uniform_run": iters, "evaluations_per_run": evals + 1,
-            "eval_core_s": eval_s, "core_s_per_run": runs, "start_evaluations_core_s": start,
-            "total_core_hours": total / 3600, "qlora_core_hours": QLORA_SEEDS * (runs["uniform-RAFT++"] + eval_s) / 3600,
-            "wall_hours_on_2_workers": total / 3600 / 2}
+    out = {"budget": budget, "seeds": seeds, "tokens_per_cpu_s": rate, "cpu_s_per_forwarded_sample": upd}
+    for case, f in (("upper", 1.0), ("central", shorten)):
+        length = row["mean_len"] * f
+        samples = budget / length
+        iters = samples / (STUDY["prompts_per_step"] * STUDY["samples_per_prompt"])
+        evals = int(np.ceil(iters / EVAL_EVERY))
+        eval_s = (evals * EVAL_K_CURVE + EVAL_K - EVAL_K_CURVE) * EVAL_PROMPTS * length / rate
+        runs = {lab: budget / rate + samples * share * upd + eval_s for lab, share in forwarded.items()}
+        start = seeds * EVAL_K * EVAL_PROMPTS * row["mean_len"] / rate
+        total = seeds * sum(runs.values()) + start
+        out[case] = {"answer_length": length, "iterations_per_uniform_run": iters, "evaluations_per_uniform_run": evals + 1,
+                     "eval_core_s_per_run": eval_s, "core_s_per_run": runs, "start_evaluations_core_s": start,
+                     "total_core_hours": total / 3600, "wall_hours_on_2_workers": total / 3600 / 2,
+                     "qlora_core_hours": QLORA_SEEDS * runs["uniform-RAFT++"] / 3600}
+    return out
 
 
 def tuning_md(res: dict) -> str:
@@ -478,10 +516,10 @@ def run_tune(args) -> int:
     bad = [t for t in tasks if t not in CANDIDATES]
     if bad:
         raise SystemExit(f"unknown candidate task(s) {', '.join(bad)}; choose from {', '.join(CANDIDATES)}")
-    t0 = time.perf_counter()
+    t0, commit = time.perf_counter(), git_commit()
     tuned = tune(tasks, args.tune_prompts, args.tune_k)
     cfg = study_config({"allocation": "uniform"}, task=tuned["chosen"])
-    res = {**tuned, "commit": git_commit(), "cpu": cpu_name(), "cores": os.cpu_count(), "tune_prompts": args.tune_prompts,
+    res = {**tuned, "commit": commit, "cpu": cpu_name(), "cores": os.cpu_count(), "tune_prompts": args.tune_prompts,
            "k": args.tune_k, "top_p": cfg.top_p, "max_completion_length": cfg.max_completion_length,
            "wall_s": round(time.perf_counter() - t0, 1), "load_1min_end": os.getloadavg()[0]}
     out = args.out or RESULTS
@@ -510,12 +548,13 @@ def design(res: dict) -> dict:
     for pb in test:
         mix[level_of(pb)] = mix.get(level_of(pb), 0) + 1
     reweighted = reweight(row["by_level"], mix, "mean")
-    se = eval_se(mean if reweighted is None else reweighted, EVAL_PROMPTS, EVAL_K)
+    m = mean if reweighted is None else reweighted
+    se, se_curve = eval_se(m, EVAL_PROMPTS, EVAL_K), eval_se(m, EVAL_PROMPTS, EVAL_K_CURVE)
     cost = cost_estimate(res)
     samples = BUDGET / row["mean_len"]
     return {"design": {
         "task": res["chosen"], "task_options": task_options(res["chosen"]), "study_task_in_script": STUDY_TASK,
-        "train_prompts": TRAIN_PROMPTS, "eval_prompts": EVAL_PROMPTS, "eval_k": EVAL_K, "eval_se": se,
+        "train_prompts": TRAIN_PROMPTS, "eval_prompts": EVAL_PROMPTS, "eval_k": EVAL_K, "eval_se": se, "eval_k_curve": EVAL_K_CURVE, "eval_se_curve": se_curve,
         "eval_se_ok": se["worst_case"] <= 0.03, "eval_mix_by_level": mix, "tuning_mean_reweighted_to_eval_mix": reweighted,
         "tuning_split_disjoint": not any(p.meta["expression"] in study_expr for p in tune_probs), "learning_rate": LEARNING_RATE, "budget_tokens": BUDGET,
         "eval_every_iterations": EVAL_EVERY, "seeds": SEEDS, "qlora_seeds": QLORA_SEEDS,
@@ -533,7 +572,8 @@ def tuning_md(res: dict) -> str:
              f"released (LoRA's B starts at zero), sampled with the study's sampler: the merged bfloat16 copy, T = 1, "
              f"top_p {res['top_p']}, completions capped at {res['max_completion_length']} tokens, one torch thread. "
              f"Tuning split: {res['tune_prompts']} problems per candidate from data seed {TUNE_DATA_SEED}, none of them "
-             f"among the study's {TRAIN_PROMPTS} training and {EVAL_PROMPTS} evaluation prompts (data seed {DATA_SEED}); "
+             f"among the first {next(iter(rows.values()))['study_prompts_excluded']} problems of the study's data seed "
+             f"{DATA_SEED} (which hold its {TRAIN_PROMPTS} training and {EVAL_PROMPTS} evaluation prompts); "
              f"{k} draws per prompt from a seed the study never uses. Verifier `last_number`; the prompt \"Compute ... "
              "Give the answer as a number.\" with no system message of ours (`bench/realmodel_curve.py`'s choice).", "",
              "## Per-prompt pass rates of the starting model", "",
@@ -563,63 +603,89 @@ def tuning_md(res: dict) -> str:
               "nearer 0.5). With "
               f"{k} draws a prompt's observed rate is 0 or 1 more often than its true rate, so the shares at the "
               "extremes are upper bounds on the true ones."]
+    others = [t for t in rows if t != res["chosen"]]
+    if others:
+        share = lambda t: rows[t].get("share_between_at_eval_mix") or rows[t]["pass_rates"]["share_between"]  # noqa: E731
+        second = max(others, key=share)
+        c, o = rows[res["chosen"]], rows[second]
+        lines += ["", f"The runner-up is {second} ({share(second):.0%} against {share(res['chosen']):.0%} at the held-out mix, "
+                  f"{o['pass_rates']['share_between']:.0%} against {c['pass_rates']['share_between']:.0%} on the tuning split "
+                  "itself); a level the study's prompts mostly take (one-digit pairs) rests on few tuning prompts, so the "
+                  "reweighted column is the less certain one. The held-out mix in these tables is the one at the tune "
+                  f"(the {EVAL_PROMPTS} problems after the first {c['study_prompts_excluded'] - EVAL_PROMPTS}); the design "
+                  f"below keeps {TRAIN_PROMPTS} training prompts, so its held-out set is the generator's problems "
+                  f"{TRAIN_PROMPTS + 1} to {TRAIN_PROMPTS + EVAL_PROMPTS}, with the mix given there."]
     d = res.get("design")
     if not d:
         return "\n".join(lines) + "\n"
-    se, cost, probe = d["eval_se"], d["cost"], res.get("mstep_probe") or {}
+    se, se_curve, probe = d["eval_se"], d["eval_se_curve"], res.get("mstep_probe") or {}
+    cost, up, mid = d["cost"], d["cost"]["upper"], d["cost"]["central"]
     st = d["settings"]
+    p0 = d["tuning_mean_reweighted_to_eval_mix"] if d.get("tuning_mean_reweighted_to_eval_mix") is not None else rows[d["task"]]["pass_rates"]["mean"]
+    need = 0.03 * np.sqrt(d["seeds"])
     lines += ["", "## The design", "",
-              f"- **Task**: `{d['task']}` ({', '.join(f'{key}: {v}' for key, v in d['task_options'].items())}); "
-              f"{d['train_prompts']} training prompts (the budget covers about {d['epochs_at_start_length']:.1f} epochs at the "
-              "start's answer length, so the history-based rules see every prompt again). The held-out prompts' mix: "
-              + ", ".join(f"{lvl} {n}" for lvl, n in d["eval_mix_by_level"].items())
-              + (f"; the tuning split's pass rate reweighted to that mix: {d['tuning_mean_reweighted_to_eval_mix']:.3f} "
-                 "(the expected start accuracy)" if d.get("tuning_mean_reweighted_to_eval_mix") is not None else "")
-              + f". Tuning split disjoint from the study's prompts: {'yes' if d['tuning_split_disjoint'] else 'NO'}.",
-              f"- **Evaluation**: {d['eval_prompts']} held-out prompts, Average@{d['eval_k']} at T = 1, top_p {st['top_p']}, "
-              f"the same draws at every evaluation. Binomial SE of one evaluation, sqrt(p (1 - p) / ({d['eval_prompts']} x "
-              f"{d['eval_k']})): **{se['at_mean']:.3f}** at the expected start mean "
-              f"{d['tuning_mean_reweighted_to_eval_mix'] if d.get('tuning_mean_reweighted_to_eval_mix') is not None else rows[d['task']]['pass_rates']['mean']:.3f}, "
-              f"at most {se['worst_case']:.3f} at any mean (goal <= 0.03: {'met' if d['eval_se_ok'] else 'NOT met'}). "
-              f"Evaluated at the start (shared by the arms of a seed), every {d['eval_every_iterations']} iterations "
-              f"and at the final budget: about {cost['evaluations_per_run']} evaluations per uniform run.",
-              f"- **Training**: learning rate **{d['learning_rate']:g}** (proposed), LoRA r {st['lora_r']} on all linear layers, "
-              f"{st['prompts_per_step']} prompts x {st['samples_per_prompt']} samples per E-step, mini-batches of "
-              f"{st['mini_batch_size']}, N' = {st['num_pilot']} pilots for the paper's rule, no KL, "
-              f"sampling with the merged bfloat16 copy (`sample_dtype: bfloat16`), the trainer in float32; "
-              f"**{d['budget_tokens']:,} generated tokens per run**, pilots counted; **{d['seeds']} seeds** "
-              f"({d['qlora_seeds']} for QLoRA).",
-              f"- **Uniform's seed-to-seed spread at the final budget: {d['uniform_seed_spread']}.** It was not measured "
-              "here (no training runs in the tuning step). The study's md reports it (the standard deviation of "
-              "uniform RAFT++'s final accuracy over seeds); a paired SE of at most 0.03 with "
-              f"{d['seeds']} seeds needs the paired differences' standard deviation under "
-              f"{0.03 * np.sqrt(d['seeds']):.3f}. The evaluation alone contributes about "
-              f"{np.sqrt(2) * se['at_mean']:.3f} to it (two independent evaluations at the start's mean), so the "
-              "training seeds may add a standard deviation of about "
-              f"{np.sqrt(max((0.03 * np.sqrt(d['seeds'])) ** 2 - 2 * se['at_mean'] ** 2, 0)):.3f}. If the first seeds show more, "
-              "more seeds are the remedy (the SE falls as 1/sqrt(seeds)), or a lower learning rate.", "",
+              "The script's constants (`STUDY_TASK`, `TRAIN_PROMPTS`, `EVAL_PROMPTS`, `EVAL_K`, `LEARNING_RATE`, "
+              "`BUDGET`, `EVAL_EVERY`, `SEEDS`), fixed by the commit that adds this file, before any comparison run; "
+              "the study refuses to run a task other than the one chosen here.", "",
+              f"- **Task**: `{d['task']}` ({', '.join(f'{key}: {v}' for key, v in d['task_options'].items())}), "
+              f"{d['train_prompts']} training prompts: the budget is about {d['epochs_at_start_length']:.1f} epochs at the "
+              "start's answer length (more as answers shorten), so the history-based rules see every prompt again. "
+              "The held-out prompts by level: " + ", ".join(f"{lvl} {n}" for lvl, n in d["eval_mix_by_level"].items())
+              + f"; the tuning split's pass rate reweighted to that mix: {p0:.3f} (the expected start accuracy). "
+              f"Tuning split disjoint from the study's prompts: {'yes' if d['tuning_split_disjoint'] else 'NO'}.",
+              f"- **Evaluation**: {d['eval_prompts']} held-out prompts at T = 1, top_p {st['top_p']}, the same draws at every "
+              f"evaluation. The start (shared by the arms of a seed) and the final budget are Average@{d['eval_k']}: binomial "
+              f"SE of one evaluation sqrt(p (1 - p) / ({d['eval_prompts']} x {d['eval_k']})) = **{se['at_mean']:.3f}** at the "
+              f"expected start mean, at most **{se['worst_case']:.3f}** at any mean (goal <= 0.03: "
+              f"{'met' if d['eval_se_ok'] else 'NOT met'}). Between them, every {d['eval_every_iterations']} iterations, "
+              f"Average@{d['eval_k_curve']} for the curve (SE {se_curve['at_mean']:.3f} at the start mean, at most "
+              f"{se_curve['worst_case']:.3f}): about {up['evaluations_per_uniform_run']}-{mid['evaluations_per_uniform_run']} "
+              "evaluations per uniform run, counting the start and the final.",
+              f"- **Training**: learning rate **{d['learning_rate']:g}** (proposed, not tuned here), LoRA r {st['lora_r']} on "
+              f"all linear layers, {st['prompts_per_step']} prompts x {st['samples_per_prompt']} samples per E-step "
+              f"(one sampling batch of {st['sample_batch_size']}), mini-batches of {st['mini_batch_size']}, N' = "
+              f"{st['num_pilot']} pilots for the paper's rule, no KL; **{d['budget_tokens']:,} generated tokens per run**, "
+              f"pilots counted; **{d['seeds']} seeds** ({d['qlora_seeds']} for QLoRA). Sampling (pilots, rollouts, "
+              "evaluation) with the merged bfloat16 copy of the policy (`sample_dtype: bfloat16`); the trainer stays "
+              "float32 and recomputes pi_old, so the update is the float32 update of the samples drawn, and the samples "
+              "come from the bfloat16 rounding of the policy (its log-probs a few hundredths of a nat per token from the "
+              "float32 ones: bench/README, CPU samplers).",
+              f"- **Uniform's seed-to-seed spread at the final budget: {d['uniform_seed_spread']}** (no training run in the "
+              f"tuning step). A paired SE of at most 0.03 with {d['seeds']} seeds needs the paired differences' standard "
+              f"deviation under {need:.3f}; two independent final evaluations contribute "
+              f"{np.sqrt(2) * se['at_mean']:.3f} of it at the start's mean, which leaves about "
+              f"{np.sqrt(max(need ** 2 - 2 * se['at_mean'] ** 2, 0)):.3f} for the training seeds. The study's md reports "
+              "uniform RAFT++'s standard deviation over seeds; if the first seeds show more, more seeds (`--seeds`, the "
+              "SE falls as 1/sqrt(seeds)) or a lower learning rate.",
+              "- **How the task was found**: a first `--tune` with the +- shapes and two harder ones (products, three "
+              "two-digit operands) was stopped after the first two candidates left two-thirds of their tuning prompts "
+              "unsolved in 8 draws; the addition-only shapes were added and every candidate run again (the +- rows "
+              "above are the same numbers: same prompts and seeds).", "",
               "## What the study will cost (estimate from this run's measurements)", "",
-              f"Sampling at **{rows[d['task']]['tokens_per_cpu_s']:.0f} tokens per CPU-second** (the chosen task, batches of "
-              f"{st['sample_batch_size']}, one thread; 1-minute load {rows[d['task']]['load_1min']:.1f} on {res['cores']} cores while "
-              "it ran: other jobs shared the machine, so an idle machine is faster)"
-              + (f"; one uniform RAFT++ M-step of {probe['samples']} samples forwarded {probe['forwarded']} "
-                 f"(the accepted ones) in {probe['cpu_s']:.0f} CPU-seconds, **{probe['cpu_s_per_forwarded_sample']:.2f} CPU-s "
-                 "per forwarded sample** (float32 recompute of pi_old and the updates)" if probe else "") + ".", "",
-              "| arm | core-seconds per run (estimate) |", "|---|---|"]
-    for lab, v in cost["core_s_per_run"].items():
-        lines.append(f"| {lab} | {v:,.0f} |")
-    lines += ["", f"Per run: {d['budget_tokens']:,} training tokens, the M-steps, {cost['evaluations_per_run'] - 1} "
-              f"evaluations of {cost['eval_core_s']:,.0f} core-s each (at the start's answer length: an upper bound, "
-              f"trained answers are shorter); the {d['seeds']} shared start evaluations add "
-              f"{cost['start_evaluations_core_s']:,.0f} core-s. **Total: about {cost['total_core_hours']:.1f} core-hours** "
-              f"for the six arms x {d['seeds']} seeds (about {cost['wall_hours_on_2_workers']:.1f} h with `--workers 2` on "
-              f"two cores), plus about {cost['qlora_core_hours']:.1f} core-hours for `--qlora` (4-bit matmuls on a CPU are "
-              "slower: a rough lower bound). Assumptions: training answers as long as the start's; forwarded samples the "
-              "accepted share (the start's mean p) for RAFT++, twice that for gvm_robust and knapsack (they spend "
-              "on prompts with signal), the share of mixed groups for GRPO.", "",
+              f"Sampling at **{cost['tokens_per_cpu_s']:.0f} tokens per CPU-second** (the chosen task, batches of "
+              f"{st['sample_batch_size']}, one thread; 1-minute load {rows[d['task']]['load_1min']:.1f} on {res['cores']} cores "
+              "while it ran: other jobs shared the machine)"
+              + (f"; one uniform RAFT++ M-step of {probe['samples']} samples forwarded {probe['forwarded']} (the accepted "
+                 f"ones) in {probe['cpu_s']:.0f} CPU-seconds, **{probe['cpu_s_per_forwarded_sample']:.2f} CPU-s per "
+                 "forwarded sample** (the float32 recompute of pi_old and the updates)" if probe else "") + ".", "",
+              "| arm | core-seconds per run: central (answers as long as the start's) |", "|---|---|"]
+    for lab in up["core_s_per_run"]:
+        lines.append(f"| {lab} | {mid['core_s_per_run'][lab]:,.0f} ({up['core_s_per_run'][lab]:,.0f}) |")
+    lines += ["", f"**Total for the six arms x {d['seeds']} seeds: about {mid['total_core_hours']:.1f} core-hours** "
+              f"(about {mid['wall_hours_on_2_workers']:.1f} h with `--workers 2` on two cores); "
+              f"{up['total_core_hours']:.1f} if no answer shortens (shorter answers mean more samples and evaluations per "
+              "token budget, each evaluation cheaper: the two nearly cancel); the "
+              f"{d['seeds']} shared start evaluations are "
+              f"{up['start_evaluations_core_s']:,.0f} core-s of it. `--qlora` adds about {mid['qlora_core_hours']:.1f} "
+              "core-hours at LoRA's speed (4-bit matmuls on a CPU are slower: a lower bound). Answer lengths: the "
+              f"start's {up['answer_length']:.0f} tokens; central: answers after the start "
+              f"{mid['answer_length']:.0f} tokens (realmodel_curve's uniform runs shortened theirs by about 0.7). "
+              "Forwarded samples: the start's pass rate for RAFT++, twice that for gvm_robust and knapsack, the share "
+              "of prompts with mixed groups for GRPO.", "",
               "## Command for the study", "",
-              f"    python bench/realmodel_study.py --workers 2            # then --qlora --resume for the QLoRA arm",
-              f"    python bench/realmodel_study.py --workers 2 --resume   # after an interruption", ""]
+              "    python bench/realmodel_study.py --workers 2                   # the six arms x 5 seeds",
+              "    python bench/realmodel_study.py --workers 2 --qlora --resume  # adds uniform RAFT++ with QLoRA, 3 seeds",
+              "    python bench/realmodel_study.py --workers 2 --resume          # after an interruption", ""]
     return "\n".join(lines)
 
 
@@ -663,6 +729,15 @@ def read_run(d: Path, budget: int) -> dict:
     r = RC.summarize_run(d)
     recs = read_jsonl(d / "metrics.jsonl")
     evals = [x for x in recs if x["kind"] == "eval"]
+    extra = json.loads((d / "final_draws.json").read_text()) if (d / "final_draws.json").is_file() else None
+    if evals and extra:  # the final evaluation: the last evaluation's draws and the extra ones, per prompt
+        k0, k1 = evals[-1]["k"], extra["k"]
+        per = ((k0 * np.asarray(evals[-1]["per_problem"]) + k1 * np.asarray(extra["per_problem"])) / (k0 + k1)).round(4).tolist()
+        evals[-1] = {**evals[-1], "per_problem": per, "avg_at_k": float(np.mean(per)), "k": k0 + k1,
+                     "truncated_frac": (k0 * evals[-1]["truncated_frac"] + k1 * extra["truncated_frac"]) / (k0 + k1),
+                     "eval_tokens": evals[-1]["eval_tokens"] + extra["eval_tokens"]}
+        r["curve"][-1].update(acc=evals[-1]["avg_at_k"], eval_truncated_frac=evals[-1]["truncated_frac"],
+                              eval_mean_len=evals[-1]["eval_tokens"] / max(evals[-1]["problems"] * (k0 + k1), 1))
     steps = [x for x in recs if x["kind"] == "step"]
     last = recs[-1] if recs else {}
     done = json.loads((d / "done.json").read_text()) if (d / "done.json").exists() else {}
@@ -753,7 +828,8 @@ def summarize(out: Path, arms: dict, budget: int) -> dict:
                 common = sorted(set(row["seeds"]) & set(res[base]["seeds"]))
                 ia = [row["seeds"].index(s) for s in common]
                 ib = [res[base]["seeds"].index(s) for s in common]
-                t = AS.tokens_to_target(grid, row["_grid"][ia], res[base]["_grid"][ib], np.zeros(len(common), int))
+                with np.errstate(invalid="ignore"):  # resamples that never reach the target count as ratio inf
+                    t = AS.tokens_to_target(grid, row["_grid"][ia], res[base]["_grid"][ib], np.zeros(len(common), int))
                 row["tokens_to_baseline_final"] = {"baseline": base, "target": float(res[base]["_grid"][ib, -1].mean()),
                                                    "tokens": t["tokens_to_uniform_final"], "ratio": t["token_ratio"],
                                                    "ratio_ci95": t["token_ratio_ci95"]}
@@ -891,8 +967,13 @@ def figure(summary: dict, path: Path) -> None:
     ax.set_title(f"accuracy on {d['eval_prompts']} held-out prompts: mean over seeds, band ± 1 SE", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", title="arm (seeds)", title_fontsize=8)
-    rows = [(lab, r["vs_uniform_same_weighting"]) for lab, r in arms.items()
-            if r.get("vs_uniform_same_weighting", {}).get("mean") is not None and not r["vs_uniform_same_weighting"].get("is_baseline")]
+    rows = []
+    for lab, r in arms.items():
+        same, tok = r.get("vs_uniform_same_weighting") or {}, r.get("vs_uniform_tokens") or {}
+        if same.get("mean") is not None and not same.get("is_baseline"):
+            rows.append((lab, same))
+        elif same.get("is_baseline") and lab != tok.get("baseline") and tok.get("mean") is not None:
+            rows.append((lab, {**tok, "baseline": f"{tok['baseline']} (the weighting alone)"}))
     bx.axvspan(-0.05, 0.05, color="0.9", zorder=0, label="± 0.05")
     bx.axvline(0, color="k", lw=0.8)
     for i, (lab, v) in enumerate(rows):
@@ -904,7 +985,7 @@ def figure(summary: dict, path: Path) -> None:
     bx.set_yticklabels([f"{lab}\nvs {v['baseline']}" for lab, v in rows], fontsize=8)
     bx.set_ylim(-0.7, len(rows) - 0.3)
     bx.invert_yaxis()
-    bx.set_xlabel("final accuracy minus uniform's with the same M-step weighting (paired by seed)")
+    bx.set_xlabel("final accuracy: arm minus uniform with its M-step weighting")
     bx.set_title("paired difference: ± 1 SE (thick), ± 2 SE (thin)", fontsize=10)
     bx.grid(axis="x", alpha=0.3)
     bx.legend(fontsize=8, loc="lower right")
