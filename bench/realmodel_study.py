@@ -1063,7 +1063,8 @@ def schedule(todo: list, out: Path, arms: dict, budget: int, args) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     key = {}
     for lab, s in todo:
-        key[(lab, s)] = out / "start_eval" / f"{start_eval_key(study_config(arms[lab][1], budget=budget, seed=s))}.json"
+        cfg = study_config(arms[lab][1], smoke=args.smoke, budget=budget, seed=s)
+        key[(lab, s)] = out / "start_eval" / f"{start_eval_key(cfg)}.json"
     pending, running, failed = list(todo), [], []
     while pending or running:
         while pending and len(running) < max(1, args.workers):
@@ -1072,7 +1073,8 @@ def schedule(todo: list, out: Path, arms: dict, budget: int, args) -> list[str]:
             pending.remove(job)
             lab, s = job
             cmd = [sys.executable, __file__, "--arm", lab, "--seed", str(s), "--out", str(out), "--budget", str(budget)]
-            cmd += [f for f, on in (("--resume", args.resume), ("--qlora", args.qlora), ("--no-share-start", args.no_share_start)) if on]
+            cmd += [f for f, on in (("--resume", args.resume), ("--qlora", args.qlora), ("--no-share-start", args.no_share_start),
+                                    ("--smoke", args.smoke)) if on]
             run_dir(out, lab, s).parent.mkdir(parents=True, exist_ok=True)
             log = open(out / lab / f"seed{s}.log", "a")
             running.append((job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
