@@ -251,13 +251,26 @@ def _mechanism(dirs) -> dict | None:
                   "sd_n": float(np.std(v))} for fam, v in sorted(by.items())}
 
 
+def difficulty_labels(summary: dict) -> dict:
+    """A task without families (chains: ``difficulty`` = operands x digits): the mechanism's keys, which
+    :func:`_mechanism` writes as family letters by index, as "difficulty k" (in place; returns ``summary``)."""
+    for rows in summary.get("by_algorithm", {}).values():
+        for r in rows.values():
+            m = r.get("mechanism")
+            if m:
+                r["mechanism"] = {
+                    (f"difficulty {FAMILY_LETTERS.index(k) if k in FAMILY_LETTERS else int(k)}" if not k.startswith("difficulty") else k): v
+                    for k, v in m.items()}
+    return summary
+
+
 def _mechanism_table(task: str, summary: dict) -> str:
     """Per family and rule: mean n_i, its spread, and the share of prompt-visits given n_i = 0 (RAFT++)."""
     rows = summary["by_algorithm"].get("RAFT++", {})
     mech = {lab: r["mechanism"] for lab, r in rows.items() if r.get("mechanism")}
     if not mech:
         return ""
-    fams = sorted({f for m in mech.values() for f in m})
+    fams = sorted({f for m in mech.values() for f in m}, key=lambda f: (len(f), f))
     lines = [f"Where the samples go on {task} (RAFT++, every prompt-visit of every run): mean n_i ± its standard "
              "deviation, and in brackets the share of visits with n_i = 0.", "",
              "| rule | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
@@ -573,6 +586,8 @@ def study(args, out: Path, cache: Path) -> dict:
             budget = 4_000 if args.smoke else TASKS[task]["budget"]
             summary = _run_task(out / task, task, warm, seeds, rules, algorithms, budget=budget, extra=extra,
                                 cache=cache, workers=args.workers, smoke=args.smoke)
+            if TASKS[task]["demo_task"] != "rules":  # no families: per difficulty level
+                difficulty_labels(summary)
         summary["wall_seconds"] = time.perf_counter() - t0
         summary["commit"] = start_commit
         summary["machine"] = demo.report.machine()
@@ -831,6 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.replot:
         results = json.loads((RESULTS / "allocation_study.json").read_text())
+        for task, summary in results["tasks"].items():
+            if task in TASKS and TASKS[task]["demo_task"] != "rules":
+                difficulty_labels(summary)
         results.setdefault("command", "python bench/allocation_study.py --warm-starts 3 --seeds 1 --workers 2")
         results.setdefault("preregistration_commit", PREREGISTRATION_COMMIT)
         _write(results, args, "allocation_study", STUDY_TITLE)
