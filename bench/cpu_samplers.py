@@ -17,8 +17,9 @@ as plain ``torch.matmul`` calls on random tensors of the same shapes; tokens/s =
 is the speed of the same arithmetic with no framework around it, not a hardware peak.
 
 ``--equivalence``: at one adapter, ``--eq-prompts`` x ``--eq-group`` (default 64 x 8 = 512) samples from
-HF float32 and from vLLM (bfloat16), scored by the task's verifier; mean reward and mean length with
-standard errors over prompts, and the paired difference with its standard error.
+HF float32, from the trainer's bf16 sampler (HF, merged bf16 copy) and from vLLM (bfloat16), scored by the
+task's verifier; mean reward and mean length with standard errors over prompts, and each bf16 sampler's
+paired difference from float32 with its standard error (``*_diff``: vLLM; ``hf_bfloat16_*_diff``: HF bf16).
 
     python bench/cpu_samplers.py                    # the speed table (bench/README.md)
     python bench/cpu_samplers.py --equivalence      # backend equivalence (bench/README.md)
@@ -196,7 +197,7 @@ def _prompt_stats(values: np.ndarray, index: np.ndarray, P: int) -> tuple[float,
 
 def equivalence(args) -> int:
     from gvm_mini.rewards import get_verifier, score_rollout
-    from gvm_mini.rollout import sample_hf, sample_policy
+    from gvm_mini.rollout import sample_hf, sample_policy, sampling_model
 
     args.batches = [args.eq_batch]
     cfg, model, tok, problems, texts = _setup(args, args.eq_prompts)
@@ -204,10 +205,11 @@ def equivalence(args) -> int:
     counts = [args.eq_group] * len(texts)
     P = len(texts)
     out, per = {}, {}
-    for name in ("hf_float32", "vllm_bfloat16"):
+    for name in ("hf_float32", "hf_bfloat16", "vllm_bfloat16"):
         t0 = time.perf_counter()
-        if name == "hf_float32":
-            r = sample_hf(model, tok, texts, counts, temperature=1.0, top_p=0.9, max_new_tokens=args.max_new_tokens,
+        if name.startswith("hf"):  # the float32 policy, or the trainer's bf16 sampler (its merged bf16 copy)
+            policy = model if name == "hf_float32" else sampling_model(replace(cfg, sample_dtype="bfloat16"), model)
+            r = sample_hf(policy, tok, texts, counts, temperature=1.0, top_p=0.9, max_new_tokens=args.max_new_tokens,
                           batch_size=args.eq_batch, seed=0)
         else:
             vcfg = replace(cfg, backend="vllm", vllm_dtype="bfloat16", sample_batch_size=args.eq_batch)
@@ -221,10 +223,12 @@ def equivalence(args) -> int:
         out[name] = {"samples": len(r), "reward": rm, "reward_se": rse, "length": lm, "length_se": lse,
                      "truncated": float(r.truncated.mean()), "seconds": dt}
         print(name, out[name], flush=True)
-    for k, key in ((0, "reward"), (1, "length")):
-        d = per["vllm_bfloat16"][k] - per["hf_float32"][k]
-        out[f"{key}_diff"] = float(d.mean())
-        out[f"{key}_diff_se"] = float(d.std(ddof=1) / np.sqrt(P))
+    for other in ("hf_bfloat16", "vllm_bfloat16"):  # each bf16 sampler against the float32 policy, paired by prompt
+        for k, key in ((0, "reward"), (1, "length")):
+            d = per[other][k] - per["hf_float32"][k]
+            tag = "" if other == "vllm_bfloat16" else "hf_bfloat16_"
+            out[f"{tag}{key}_diff"] = float(d.mean())
+            out[f"{tag}{key}_diff_se"] = float(d.std(ddof=1) / np.sqrt(P))
     print({k: v for k, v in out.items() if "diff" in k})
     path = record("cpu_samplers", {"kind": "equivalence", "prompts": P, "group": args.eq_group,
                                    "max_new_tokens": args.max_new_tokens, "top_p": 0.9, "cpu": _cpu_name(), **out},
