@@ -28,8 +28,8 @@ told apart.
 Per iteration 4 prompts x 4 samples, one M-step (two mini-batches of 8: two updates), lr 5e-4, and an
 evaluation after every iteration on 24 test prompts, one draw each (Average@1: the spread reported is
 over training seeds). Budget (one core, ``--workers 1``, ~75 min for the 10 runs): 5,500 generated tokens
-per run, pilots counted; SmolLM2 samples ~30-45 tokens/s here (one thread, batches of 16-32 with a long
-tail) and its starting answers average ~45 tokens, so an iteration with its evaluation costs ~45 s.
+per run, pilots counted; SmolLM2 sampled ~30-45 tokens/s in the published run (float32, one thread, batches
+of 16-32 with a long tail) and its starting answers average ~45 tokens, so an iteration with its evaluation cost ~45 s.
 
 Arms (:data:`ARMS`), each at the same ``token_budget`` of generated tokens, pilots counted, each run with
 ``SEEDS`` training seeds (the seed sets the prompt order, the LoRA init, every sampling draw and the
@@ -77,7 +77,10 @@ BASE = {
     "task_ops": "+-", "train_size": 256, "test_size": 48, "eval_size": 24, "data_seed": 1234,
     "verifier": "last_number", "system_prompt": None, "instruction": " Give the answer as a number.",
     "algorithm": "raftpp", "num_pilot": 2, "samples_per_prompt": 4, "gradnorm_params": "lora",
-    "max_completion_length": 160, "top_p": 0.9, "sample_batch_size": 32, "temperature": 1.0,
+    # sampling: configs/smollm2_cpu.yaml's merged bf16 copy (sample_dtype: bfloat16) at 64 rows, the fastest
+    # exact path (bench/cpu_samplers.py); the published run (bench/results/realmodel_curve.*) sampled the
+    # float32 policy at 32 rows (to reproduce it exactly, set sample_dtype: auto and 32 rows here)
+    "max_completion_length": 160, "top_p": 0.9, "sample_batch_size": 64, "temperature": 1.0,
     "iterations": 100, "prompts_per_step": 4, "steps_per_iteration": 1, "mini_batch_size": 8,
     "learning_rate": 5e-4, "kl_coef": 0.0, "eval_every": 1, "eval_samples": 1, "eval_temperature": 1.0,
     "seed": 0, "progress": False,
