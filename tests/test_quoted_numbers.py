@@ -557,7 +557,7 @@ def wonly(task: str, alg: str, key: str) -> Callable:
 
 
 STUDY2_TASKS = {"rules (tuning), re-run": "rules", "rules-flat (fresh)": "rules-flat", "rules-within (fresh)": "rules-within",
-                "synthetic (-L), re-run": "synthetic"}
+                "chains, re-run": "chains", "rules-extremes, re-run": "rules-extremes", "synthetic (-L), re-run": "synthetic"}
 
 
 def _study2_rows() -> list[Quote]:
@@ -579,7 +579,7 @@ def _study2_rows() -> list[Quote]:
                     (same(task, alg, "knapsack+history", "mean"), same(task, alg, "knapsack+history", "se")),
                     (same(task, alg, "filter_extremes", "mean"), same(task, alg, "filter_extremes", "se"))]
             out += row(BENCH, line, "study2", signed(line, cols, labels=2), labels=2)
-    assert len(out) >= 6 * 7, "the one-factor table's rows were not found in bench/README.md"
+    assert len(out) >= 10 * 7, "the one-factor table's rows were not found in bench/README.md"
     return out
 
 
@@ -1129,14 +1129,39 @@ QUOTES: list[Quote] = [
     # ---- bench/README.md: the study re-run with one-factor pairs (allocation_study.json)
     *_study2_rows(),
     *q(BENCH, "(best: rules-within RAFT++ at {0.88}x,", "study2", study("rules-within", "RAFT++", "gvm_robust", "token_ratio"), 2),
-    *q(BENCH, "95% interval {0.82}x to 0.95x)", "study2",
+    *q(BENCH, "95% interval {0.82}x to 0.95x;", "study2",
        lambda d: d["tasks"]["rules-within"]["by_algorithm"]["RAFT++"]["gvm_robust"]["token_ratio_ci95"][0], 2),
-    *q(BENCH, "95% interval 0.82x to {0.95}x)", "study2",
+    *q(BENCH, "95% interval 0.82x to {0.95}x;", "study2",
        lambda d: d["tasks"]["rules-within"]["by_algorithm"]["RAFT++"]["gvm_robust"]["token_ratio_ci95"][1], 2),
     *q(BENCH, "-0.007 ± {0.001} (rules-flat)", "study2", wonly("rules-flat", "RAFT++", "se"), 3),
     *q(BENCH, "-{0.004} ± 0.009 (rules-within)", "study2", _neg(wonly("rules-within", "RAFT++", "mean")), 3),
-    *q(BENCH, "and +{0.008} ± 0.008 (rules-within, RAFT++)", "study2", same("rules-within", "RAFT++", "gvm_robust", "mean"), 3),
-    *q(BENCH, "and on rules-within (-{0.006} ± 0.005)", "study2", _neg(same("rules-within", "GRPO", "gvm_robust", "mean")), 3),
+    *q(BENCH, "and +{0.010} ± 0.009 (chains, RAFT++)", "study2", same("chains", "RAFT++", "gvm_robust", "mean"), 3),
+    *q(BENCH, "and +0.010 ± {0.009} (chains, RAFT++)", "study2", same("chains", "RAFT++", "gvm_robust", "se"), 3),
+    *q(BENCH, "rules-extremes (-{0.004} ± 0.001, -4 SE)", "study2", _neg(same("rules-extremes", "GRPO", "gvm_robust", "mean")), 3),
+    *q(BENCH, "rules-extremes (-0.004 ± 0.001, -{4} SE)", "study2",
+       lambda d: -same("rules-extremes", "GRPO", "gvm_robust", "mean")(d) / same("rules-extremes", "GRPO", "gvm_robust", "se")(d), 0),
+    *q(BENCH, "-{0.005} ± 0.004 (chains)", "study2", _neg(wonly("chains", "RAFT++", "mean")), 3),
+    *q(BENCH, "-{0.010} ± 0.003 (rules-extremes)", "study2", _neg(wonly("rules-extremes", "RAFT++", "mean")), 3),
+    *q(BENCH, "is -{0.016} ± 0.007 against\n  token-mean uniform now", "study2",
+       _neg(study("rules-extremes", "RAFT++", "gvm_robust", "paired_diff")), 3),
+    *q(BENCH, "of which the weighting is -{0.010} and the allocation -0.006", "study2",
+       _neg(wonly("rules-extremes", "RAFT++", "mean")), 3),
+    *q(BENCH, "the allocation -{0.006} ± 0.006.", "study2", _neg(same("rules-extremes", "RAFT++", "gvm_robust", "mean")), 3),
+    *q(BENCH, "first study's +{0.015} ± 0.013 (RAFT++, one seed)", "study", study("rules-extremes", "RAFT++", "gvm_robust", "paired_diff"), 3),
+    *q(BENCH, "on rules-extremes with GRPO\n  it is +{0.004} ± 0.007)", "study2", same("rules-extremes", "GRPO", "gvm", "mean"), 3),
+    *q(BENCH, "gains +{0.014} ± 0.003 on chains GRPO", "study2", same("chains", "GRPO", "filter_extremes", "mean"), 3),
+    *q(BENCH, "it gives them {12.1}, 12.1 and 12.0 per", "study2",
+       lambda d: d["tasks"]["rules-extremes"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["F"]["mean_n"], 1),
+    *q(BENCH, "it gives them 12.1, 12.1 and {12.0} per", "study2",
+       lambda d: d["tasks"]["rules-extremes"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["H"]["mean_n"], 1),
+    *q(BENCH, "{56}% of its samples go to the three families", "study2",
+       lambda d: 100 * sum(v["visits"] * v["mean_n"] for f, v in d["tasks"]["rules-extremes"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"].items() if f in "FGH")
+       / sum(v["visits"] * v["mean_n"] for v in d["tasks"]["rules-extremes"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"].values()), 0),
+    *q(BENCH, "the hardest (eight) {9.5} with 53% of visits at 0", "study2",
+       lambda d: d["tasks"]["chains"]["by_algorithm"]["RAFT++"]["gvm"]["mechanism"]["difficulty 8"]["mean_n"], 1),
+    *q(BENCH, "the hardest (eight) 9.5 with {53}% of visits at 0", "study2",
+       lambda d: 100 * d["tasks"]["chains"]["by_algorithm"]["RAFT++"]["gvm"]["mechanism"]["difficulty 8"]["zero_share"], 0),
+    *q(BENCH, "rules-within (-{0.006} ± 0.005) and", "study2", _neg(same("rules-within", "GRPO", "gvm_robust", "mean")), 3),
     *q(BENCH, "uniform, one seed) was, re-measured with two seeds, -{0.016} ± 0.005", "study2",
        _neg(study("rules", "RAFT++", "gvm_robust", "paired_diff")), 3),
     *q(BENCH, "of 9.8 (uniform 8) with {49}% of E's prompt-visits", "study2",
@@ -1153,12 +1178,20 @@ QUOTES: list[Quote] = [
     *q(R, "the allocation alone gives +{0.003} ± 0.005 (RAFT++)", "study2", same("rules", "RAFT++", "gvm_robust", "mean"), 3),
     *q(R, "the allocation alone gives +0.003 ± {0.005} (RAFT++)", "study2", same("rules", "RAFT++", "gvm_robust", "se"), 3),
     *q(R, "(RAFT++) and -{0.015} ± 0.005 (GRPO)", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
-    *q(R, "allocation alone:\n  -{0.015} ± 0.005 to +0.008 ± 0.008", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
-    *q(R, "-0.015 ± 0.005 to +{0.008} ± 0.008, and nowhere", "study2", same("rules-within", "RAFT++", "gvm_robust", "mean"), 3),
+    *q(R, "allocation alone: -{0.015} ± 0.005 to +0.010 ± 0.009", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
+    *q(R, "-0.015 ± 0.005 to +{0.010} ± 0.009, above", "study2", same("chains", "RAFT++", "gvm_robust", "mean"), 3),
+    *q(R, "-0.015 ± 0.005 to +0.010 ± {0.009}, above", "study2", same("chains", "RAFT++", "gvm_robust", "se"), 3),
+    *q(R, "above -1 SE on {8} of 11 rows", "study2",
+       lambda d: sum(r["gvm_robust"]["vs_uniform_same_weighting"]["mean"] >= -r["gvm_robust"]["vs_uniform_same_weighting"]["se"]
+                     for t in d["tasks"].values() for r in t["by_algorithm"].values()
+                     if "vs_uniform_same_weighting" in r.get("gvm_robust", {})), 0),
     *q(R, "weighting alone: -{0.018} to -0.004 with RAFT++", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
     *q(R, "weighting alone: -0.018 to -{0.004} with RAFT++", "study2", _neg(wonly("rules-within", "RAFT++", "mean")), 3),
-    *q(R, "the paper's rule: -{0.038} to -0.109 on\n  every row", "study2", _neg(same("rules-flat", "GRPO", "gvm", "mean")), 3),
-    *q(R, "the paper's rule: -0.038 to -{0.109} on\n  every row", "study2", _neg(same("rules", "RAFT++", "gvm", "mean")), 3),
+    *q(R, "rule: -{0.020} to -0.109 on 9 of 10 rows", "study2", _neg(same("chains", "GRPO", "gvm", "mean")), 3),
+    *q(R, "rule: -0.020 to -{0.109} on 9 of 10 rows", "study2", _neg(same("rules", "RAFT++", "gvm", "mean")), 3),
+    *q(R, "rule: -0.020 to -0.109 on {9} of 10 rows", "study2",
+       lambda d: sum(r["gvm"]["vs_uniform_same_weighting"]["mean"] < 0 for k, t in d["tasks"].items() if k != "synthetic"
+                     for r in t["by_algorithm"].values() if "vs_uniform_same_weighting" in r.get("gvm", {})), 0),
     *q(R, "the paper's rule +{0.059} ± 0.009\n  over uniform, 3 seeds", "map", _map_best("gvm", "paired_diff"), 3),
     *q(R, "the paper's rule +0.059 ± {0.009}\n  over uniform, 3 seeds", "map", _map_best("gvm", "paired_se"), 3),
     *q(R, "+0.059 ± 0.009\n  over uniform, {3} seeds", "map", lambda d: len(d["seeds"]), 0),
