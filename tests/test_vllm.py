@@ -419,4 +419,9 @@ def test_train_smollm2_with_backend_vllm(smol_cfg, tmp_path):
     state = em.run(smol_cfg, tmp_path, model=model, tokenizer=tok)
     assert state.iteration == 1 and engine.adapters_sent == sent + 1 + smol_cfg.steps_per_iteration
     steps = [json.loads(x) for x in open(tmp_path / "metrics.jsonl") if '"kind": "step"' in x]
-    assert len(steps) == 2 and all(s["skipped_updates"] == 0 and math.isfinite(s["loss"]) for s in steps)
+    assert len(steps) == 2
+    # a step whose samples were all rejected has nothing to train on (no M-step, no loss); which steps accept
+    # depends on the draws, which differ between CPUs: every step that accepted a sample made its updates
+    trained = [s for s in steps if s["accepted"] > 0]
+    assert trained, f"no step accepted a sample ({steps}): nothing was trained, the test shows nothing"
+    assert all(s["skipped_updates"] == 0 and math.isfinite(s["loss"]) for s in trained)
