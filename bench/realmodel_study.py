@@ -66,7 +66,11 @@ generated-token accounting. The figure: accuracy curves with bands, and the pair
 their error bars against a +-0.05 band.
 
 Run directories: ``runs/realmodel_study/<arm>/seed<s>`` (``gvm_mini.em.run``), one worker process per
-run with one torch thread, which records its peak RSS and wall time in ``done.json``.
+run with one torch thread, which records its peak RSS, wall time and CPU in ``done.json``. The study takes
+hours on a CPU, so every invocation also writes the finished runs' records (metrics, allocations, config,
+``done.json``; no weights) to ``bench/results/realmodel_study_runs.jsonl.gz``, committed with the results:
+``--resume`` and ``--summarize`` restore them into an empty run root, so that a study begun on one machine
+or checkout is continued on another rather than repeated, seed by seed.
 """
 
 from __future__ import annotations
@@ -92,6 +96,11 @@ import realmodel_curve as RC  # noqa: E402  (the real-model bench's prompt, veri
 
 RESULTS = ROOT / "bench" / "results"
 TUNING_JSON = RESULTS / "realmodel_study_tuning.json"
+#: every finished run's records, committed beside the results (see :func:`archive_runs`)
+RUNS_ARCHIVE = RESULTS / "realmodel_study_runs.jsonl.gz"
+#: the files of a run directory the archive keeps: what :func:`read_run` reads, the resolved config and the
+#: allocations (the checkpoint, the only large file, is not kept)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "allocations.jsonl", "final_draws.json", "done.json")
 
 # ------------------------------------------------------------------------------------------------
 # the design (fixed by --tune; see bench/results/realmodel_study_tuning.md)
@@ -263,7 +272,7 @@ def run_one(label: str, seed: int, out: Path, *, smoke: bool, budget: int, resum
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (the process's peak)
     atomic_write_text(d / "done.json", json.dumps({
         "peak_rss_mib": round(peak_kib / 1024, 1), "resumed": resumed, "process_wall_s": round(time.perf_counter() - t0, 1),
-        "process_cpu_s": round(_cpu_s() - c0, 1)}))
+        "process_cpu_s": round(_cpu_s() - c0, 1), "cpu": cpu_name()}))
 
 
 def second_final_draw(cfg, model, tok, d: Path) -> None:
@@ -284,6 +293,76 @@ def second_final_draw(cfg, model, tok, d: Path) -> None:
                           temperature=cfg.eval_temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
                           batch_size=cfg.sample_batch_size, seed=em.phase_seed(cfg.seed, "eval", "final draws"), cfg=cfg)
     atomic_write_text(path, json.dumps(res))
+
+
+def archive_runs(out: Path, path: Path) -> int:
+    """Write every finished run under ``out`` (``done.json`` present) to ``path``, gzipped JSON lines: per
+    run its arm, seed and the text of :data:`RUN_FILES`, then the shared start evaluations
+    (``start_eval/*.json``, so a seed's remaining arms reuse theirs). About 25 kB per run before gzip. The
+    study takes hours on a CPU; committed beside the results, the archive lets ``--resume`` in another
+    checkout or on another machine continue it (:func:`restore_runs`) instead of repeating it, and lets
+    ``--summarize`` rebuild the tables. Returns the number of runs written."""
+    import gzip
+    import io
+
+    from gvm_mini.atomic import atomic_write_bytes
+
+    recs = []
+    for done in sorted(out.glob("*/seed*/done.json"), key=lambda p: (p.parent.parent.name, int(p.parent.name[4:]))):
+        d = done.parent
+        recs.append({"arm": d.parent.name, "seed": int(d.name[4:]),
+                     "files": {f: (d / f).read_text() for f in RUN_FILES if (d / f).is_file()}})
+    starts = [{"start_eval": f.name, "text": f.read_text()} for f in sorted((out / "start_eval").glob("*.json"))]
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: the same runs give the same bytes
+        gz.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs + starts).encode())
+    atomic_write_bytes(path, buf.getvalue())
+    return len(recs)
+
+
+def restore_runs(path: Path, out: Path, arms: dict, budget: int) -> list[str]:
+    """Write the runs archived in ``path`` (:func:`archive_runs`) that ``out`` lacks back into their run
+    directories, and the start evaluations it lacks, so that ``--resume`` skips those runs and
+    ``--summarize`` reads them. A run whose archived config differs from the one this code resolves for
+    its arm and seed is refused (the design changed since it ran): one SystemExit line naming the keys.
+    Returns "arm seed s" for each run restored."""
+    import gzip
+
+    import yaml
+
+    from gvm_mini.config import as_dict
+    from gvm_mini.rundir import atomic_write_text
+
+    if not path.is_file():
+        return []
+    restored = []
+    for line in gzip.decompress(path.read_bytes()).decode().splitlines():
+        rec = json.loads(line)
+        if "start_eval" in rec:
+            f = out / "start_eval" / rec["start_eval"]
+            if not f.exists():
+                f.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(f, rec["text"])
+            continue
+        lab, s = rec["arm"], rec["seed"]
+        d = run_dir(out, lab, s)
+        if lab not in arms or (d / "done.json").exists():
+            continue
+        want = as_dict(study_config(arms[lab][1], budget=budget, seed=s))
+        have = yaml.safe_load(rec["files"]["config.yaml"])
+        diff = sorted(k for k in set(want) | set(have) if k != "progress" and want.get(k) != have.get(k))
+        if diff:
+            raise SystemExit(f"realmodel_study: {path.name} holds {lab} seed {s} run with other settings than this "
+                             f"code's ({', '.join(diff)}); move the archive away to start afresh")
+        if d.exists() and any(d.iterdir()):  # an unfinished run of ours: the archived, finished one replaces it
+            import shutil
+
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, text in rec["files"].items():
+            atomic_write_text(d / name, text)
+        restored.append(f"{lab} seed {s}")
+    return restored
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1023,6 +1102,11 @@ def run_study(args, ap) -> int:
         if chosen != STUDY_TASK:
             raise SystemExit(f"realmodel_study: the tuning record chose {chosen!r} but STUDY_TASK is {STUDY_TASK!r}; "
                              "the study runs the pre-registered task")
+    archive = args.archive or RUNS_ARCHIVE
+    if not smoke and (args.resume or args.summarize):
+        got = restore_runs(archive, out, arms, budget)
+        if got:
+            print(f"restored from {archive.name}: {', '.join(got)}")
     t0 = time.perf_counter()
     todo = [] if args.summarize else [(lab, s) for lab, s in jobs(labels, arms, 1 if smoke else args.seeds)
                                       if not (args.resume and (run_dir(out, lab, s) / "done.json").exists())]
@@ -1048,12 +1132,14 @@ def run_study(args, ap) -> int:
                            "settings": {**RC.BASE, **STUDY, **task_options(STUDY_TASK), **(SMOKE if smoke else {})}})
     results = out if smoke else RESULTS
     results.mkdir(parents=True, exist_ok=True)
+    n = archive_runs(out, out / RUNS_ARCHIVE.name if smoke else archive)
     md = study_md(summary, smoke)
     atomic_write_text(results / "realmodel_study.json", json.dumps(summary, indent=1, default=float))
     atomic_write_text(results / "realmodel_study.md", md)
     figure(summary, results / "realmodel_study.png")
     print(md)
-    print(f"wrote {results / 'realmodel_study.md'}, .json, .png")
+    print(f"wrote {results / 'realmodel_study.md'}, .json, .png and the {n} finished runs' records to "
+          f"{out / RUNS_ARCHIVE.name if smoke else archive}")
     return 0
 
 
@@ -1106,6 +1192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=None, help=f"generated tokens per run (default {BUDGET:,}; smoke {SMOKE_BUDGET})")
     ap.add_argument("--no-share-start", action="store_true", help="every run computes its own start evaluation")
     ap.add_argument("--summarize", action="store_true", help="only rewrite the results from the run directories")
+    ap.add_argument("--archive", type=Path, default=None,
+                    help=f"the finished runs' records (default {RUNS_ARCHIVE.relative_to(ROOT)}): written after every "
+                         "study invocation, restored into --out by --resume and --summarize")
     ap.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # worker mode: run one arm in this process
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

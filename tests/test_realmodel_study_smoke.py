@@ -129,3 +129,45 @@ def test_summary_on_hand_made_runs(tmp_path):
     assert bins["1/3 < p0 <= 2/3"]["vs_uniform_same_weighting"]["mean"] == pytest.approx(0.2)
     S.figure({**summ, "design": {"eval_k": 2, "eval_prompts": 4, "task": "hand-made"}}, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_archive_restores_finished_runs_and_refuses_another_design(tmp_path):
+    """The committed archive of finished runs: written byte-for-byte reproducibly, restored into an empty
+    run root so that the summary is the same, a finished run never overwritten, an unfinished one not
+    archived, and a run made under other settings refused."""
+    from gvm_mini.config import save_config
+
+    S = _study()
+    arms = {lab: (rule, opts, None) for lab, rule, opts, _ in S.ARMS if lab in ("uniform-RAFT++", "GVM-RAFT++")}
+    src = tmp_path / "src"
+    for lab in arms:
+        for s in range(2):
+            d = src / lab / f"seed{s}"
+            _fake_run(d, [0.3, 0.4 + 0.1 * s], [0.0, 1.0], [0.5, 0.5 + 0.1 * s], [0, 1000])
+            save_config(S.study_config(arms[lab][1], seed=s), d / "config.yaml")
+    unfinished = src / "GVM-RAFT++" / "seed2"
+    unfinished.mkdir()
+    save_config(S.study_config(arms["GVM-RAFT++"][1], seed=2), unfinished / "config.yaml")
+    (src / "start_eval").mkdir()
+    (src / "start_eval" / "0123abcd.json").write_text('{"per_problem": [0.5]}')
+    arc, arc2 = tmp_path / "runs.jsonl.gz", tmp_path / "again.jsonl.gz"
+    assert S.archive_runs(src, arc) == 4
+    assert S.archive_runs(src, arc2) == 4 and arc.read_bytes() == arc2.read_bytes()
+
+    dst = tmp_path / "dst"
+    got = S.restore_runs(arc, dst, arms, S.BUDGET)
+    assert sorted(got) == ["GVM-RAFT++ seed 0", "GVM-RAFT++ seed 1", "uniform-RAFT++ seed 0", "uniform-RAFT++ seed 1"]
+    assert not (dst / "GVM-RAFT++" / "seed2").exists()
+    assert (dst / "start_eval" / "0123abcd.json").read_text() == '{"per_problem": [0.5]}'
+    a, b = S.summarize(src, arms, 1000), S.summarize(dst, arms, 1000)
+    assert json.dumps(a, default=float, sort_keys=True) == json.dumps(b, default=float, sort_keys=True)
+    assert b["arms"]["GVM-RAFT++"]["final_acc_per_seed"] == {0: 0.4, 1: 0.5}
+    # a finished run is left alone; nothing more to restore
+    (dst / "uniform-RAFT++" / "seed0" / "done.json").write_text('{"mine": true}')
+    assert S.restore_runs(arc, dst, arms, S.BUDGET) == []
+    assert json.loads((dst / "uniform-RAFT++" / "seed0" / "done.json").read_text()) == {"mine": True}
+    # the archive's runs were made at another learning rate than this code's: refused, naming the key
+    other = {lab: (rule, {**opts, "learning_rate": 1e-3}, n) for lab, (rule, opts, n) in arms.items()}
+    with pytest.raises(SystemExit, match="learning_rate"):
+        S.restore_runs(arc, tmp_path / "dst2", other, S.BUDGET)
+    assert S.restore_runs(tmp_path / "absent.jsonl.gz", tmp_path / "dst3", arms, S.BUDGET) == []
