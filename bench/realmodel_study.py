@@ -827,7 +827,7 @@ def read_run(d: Path, budget: int) -> dict:
              shared_start=bool(evals and evals[0].get("shared_start")),
              mstep_samples=int(sum(x["step_samples"] for x in steps)), pilot_samples=last.get("pilot_samples"),
              reused_pilot_samples=int(sum(x.get("pilot_reused") or 0 for x in steps)),
-             process_cpu_s=done.get("process_cpu_s"), process_wall_s=done.get("process_wall_s"),
+             process_cpu_s=done.get("process_cpu_s"), process_wall_s=done.get("process_wall_s"), cpu=done.get("cpu"),
              final_train_truncated=steps[-1]["truncated_frac"] if steps else None,
              final_train_mean_len=steps[-1]["step_tokens"] / max(steps[-1]["step_samples"], 1) if steps else None)
     return r
@@ -884,7 +884,8 @@ def summarize(out: Path, arms: dict, budget: int) -> dict:
                            "pilot_tokens": r["pilot_tokens"], "mstep_samples": r["mstep_samples"], "updates": r["updates"],
                            "evaluations": len(r["curve"]), "wall_train_s": r["wall_train_s"], "wall_total_s": r["wall_total_s"],
                            "process_cpu_s": r["process_cpu_s"], "peak_rss_mib": r["peak_rss_mib"],
-                           "sampling_tokens_per_s": r["sampling_tokens_per_s"], "shared_start": r["shared_start"]}
+                           "sampling_tokens_per_s": r["sampling_tokens_per_s"], "shared_start": r["shared_start"],
+                           "cpu": r["cpu"]}
                        for s, r in rs.items()}
         row["wall_total_s"] = mean_se(r["wall_total_s"] for r in rs.values())
         row["peak_rss_mib"] = mean_se(r["peak_rss_mib"] for r in rs.values())
@@ -929,7 +930,8 @@ def summarize(out: Path, arms: dict, budget: int) -> dict:
         row.pop("_grid", None)
         row.pop("_bins", None)
     spread = res.get("uniform-RAFT++", {}).get("final_acc", {}).get("sd")
-    return {"budget_tokens": budget, "arms": res, "uniform_seed_sd": spread,
+    cpus = sorted({r["cpu"] or "not recorded" for rs in runs.values() for r in rs.values()})
+    return {"budget_tokens": budget, "arms": res, "uniform_seed_sd": spread, "run_cpus": cpus,
             "start_pass_rate": None if p0 is None else pass_rate_table(p0, max(len(starts), 1) * (res[next(iter(res))]["eval_k"] or 1))}
 
 
@@ -950,7 +952,13 @@ def study_md(summary: dict, smoke: bool) -> str:
              f"{d['learning_rate']:g}; the design was fixed by `--tune` (realmodel_study_tuning.md) before any comparison ran. "
              "Final = the last evaluation, at the final budget. ± is the standard error over seeds; differences are paired "
              "by seed. Uniform RAFT++'s seed-to-seed standard deviation at the final budget: "
-             f"**{fmt(summary.get('uniform_seed_sd'))}**.", "",
+             f"**{fmt(summary.get('uniform_seed_sd'))}**. The runs ran on: {'; '.join(summary.get('run_cpus') or ['-'])}.", ""]
+    want = {lab: QLORA_SEEDS if r["options"].get("load_in_4bit") else d["seeds"] for lab, r in arms.items()}
+    short = {lab: len(r["seeds"]) for lab, r in arms.items() if len(r["seeds"]) < want[lab]}
+    if short and not smoke:
+        lines += ["**Partial results**: of the design's seeds, " + ", ".join(f"{lab} has {n} of {want[lab]}" for lab, n in short.items())
+                  + " (the study continues with `--resume`, from the runs archived in realmodel_study_runs.jsonl.gz).", ""]
+    lines += [
              "| arm | M-step weighting | seeds | final accuracy | vs uniform, same weighting | vs uniform, token mean | "
              "tokens to that uniform's final: ratio [95% CI] | test truncated start → final | test answer length start → final |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -1002,13 +1010,14 @@ def study_md(summary: dict, smoke: bool) -> str:
                 cells.append(c)
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     lines += ["", "## Per run", "", "| arm | seed | start | final | tokens (pilot) | M-step samples | updates | evaluations | "
-              "wall | CPU | peak RSS | sampling tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "wall | CPU time | peak RSS | sampling tokens/s | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lab, r in arms.items():
         for s, x in r["runs"].items():
             lines.append(f"| {lab} | {s} | {fmt(x['start_acc'])}{' (shared)' if x['shared_start'] else ''} | {fmt(x['final_acc'])} | "
                          f"{x['tokens']:,} ({x['pilot_tokens']:,}) | {x['mstep_samples']:,} | {x['updates']} | {x['evaluations']} | "
                          f"{fmt(x['wall_total_s'], '{:.0f}')} s | {fmt(x['process_cpu_s'], '{:.0f}')} s | "
-                         f"{fmt(x['peak_rss_mib'], '{:,.0f}')} MiB | {fmt(x['sampling_tokens_per_s'], '{:.0f}')} |")
+                         f"{fmt(x['peak_rss_mib'], '{:,.0f}')} MiB | {fmt(x['sampling_tokens_per_s'], '{:.0f}')} | "
+                         f"{x.get('cpu') or '-'} |")
     if smoke:
         lines += ["", "Smoke run: a handful of prompts and a tiny budget; it checks the machinery, not the question."]
     return "\n".join(lines) + "\n"
