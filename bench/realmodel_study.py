@@ -947,7 +947,8 @@ def study_md(summary: dict, smoke: bool) -> str:
     arms = summary["arms"]
     lines = [f"# Real model: does allocation help SmolLM2-135M-Instruct + LoRA? (`{summary['command']}`)", "",
              f"Commit {summary['commit']}, {summary['cpu']}. Task `{d['task']}` ({', '.join(f'{k}: {v}' for k, v in d['task_options'].items())}), "
-             f"{d['train_prompts']} training prompts, {d['eval_prompts']} held-out prompts, Average@{d['eval_k']} at T = 1 "
+             f"{d['train_prompts']} training prompts, {d['eval_prompts']} held-out prompts, Average@{d['eval_k']} at the start and at "
+             f"the final budget (Average@{d.get('eval_k_curve', d['eval_k'])} between) at T = 1 "
              f"(top_p {d['top_p']}), {summary['budget_tokens']:,} generated tokens per run with pilots counted, learning rate "
              f"{d['learning_rate']:g}; the design was fixed by `--tune` (realmodel_study_tuning.md) before any comparison ran. "
              "Final = the last evaluation, at the final budget. ± is the standard error over seeds; differences are paired "
@@ -1051,7 +1052,7 @@ def figure(summary: dict, path: Path) -> None:
         ax.plot(x, m, color=c, lw=1.8, label=f"{lab} ({len(r['seeds'])})")
         ax.fill_between(x, m - sd / np.sqrt(n), m + sd / np.sqrt(n), color=c, alpha=0.18, lw=0)
     ax.set_xlabel("generated tokens (thousands), pilots counted")
-    ax.set_ylabel(f"held-out Average@{d['eval_k']}")
+    ax.set_ylabel(f"held-out accuracy (Average@{d['eval_k']} at start and end, @{d.get('eval_k_curve', d['eval_k'])} between)", fontsize=9)
     ax.set_title(f"accuracy on {d['eval_prompts']} held-out prompts: mean over seeds, band ± 1 SE", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", title="arm (seeds)", title_fontsize=8)
@@ -1068,7 +1069,8 @@ def figure(summary: dict, path: Path) -> None:
         se = v["se"] or 0.0
         bx.errorbar(v["mean"], i, xerr=2 * se, fmt="none", ecolor=COLORS.get(lab, "k"), elinewidth=1, capsize=3)
         bx.errorbar(v["mean"], i, xerr=se, fmt="o", color=COLORS.get(lab, "k"), elinewidth=3, ms=6)
-        bx.annotate(f"{v['mean']:+.3f} ± {se:.3f}", (v["mean"], i), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        label = f"{v['mean']:+.3f} ± {se:.3f}" if v["se"] is not None else f"{v['mean']:+.3f} (one seed: no SE)"
+        bx.annotate(label, (v["mean"], i), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     bx.set_yticks(range(len(rows)))
     bx.set_yticklabels([f"{lab}\nvs {v['baseline']}" for lab, v in rows], fontsize=8)
     bx.set_ylim(-0.7, len(rows) - 0.3)
@@ -1135,7 +1137,7 @@ def run_study(args, ap) -> int:
     command = "python bench/realmodel_study.py" + (" --smoke" if smoke else f" --workers {args.workers}") + (" --qlora" if args.qlora else "")
     summary.update(command=command, commit=git_commit(), cpu=cpu_name(), wall_seconds_this_invocation=time.perf_counter() - t0,
                    design={"task": STUDY_TASK, "task_options": task_options(STUDY_TASK), "train_prompts": cfg.train_size,
-                           "eval_prompts": cfg.test_size if cfg.eval_size is None else cfg.eval_size, "eval_k": cfg.eval_samples,
+                           "eval_prompts": cfg.test_size if cfg.eval_size is None else cfg.eval_size, "eval_k": EVAL_K, "eval_k_curve": cfg.eval_samples,
                            "top_p": cfg.top_p, "learning_rate": cfg.learning_rate, "eval_every": cfg.eval_every,
                            "seeds": 1 if smoke else args.seeds, "max_completion_length": cfg.max_completion_length,
                            "settings": {**RC.BASE, **STUDY, **task_options(STUDY_TASK), **(SMOKE if smoke else {})}})
