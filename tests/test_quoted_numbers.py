@@ -57,6 +57,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "ablation": lambda: _json("bench/results/allocation_ablation.json"),  # allocation_study.py --ablate
     "demo_isa": lambda: _json("bench/results/demo_isa.json"),  # python bench/demo_isa.py --native runs/demo
     "realmodel": lambda: _json("bench/results/realmodel_curve.json"),  # python bench/realmodel_curve.py --workers 1
+    "rmstudy": lambda: _json("bench/results/realmodel_study.json"),  # python bench/realmodel_study.py --workers 2
 }
 
 
@@ -650,6 +651,37 @@ def _isa_gap(arm_name: str, side: int, sign: int) -> Callable:  # side 0: native
     return lambda d: sign * d["arms"][arm_name]["gap_to_uniform"][side]
 
 
+def rms(arm_: str, *path: str, scale: float = 1.0) -> Callable:
+    """realmodel_study.json: arms[arm_][path...] (a mean-SE record's key is the last part of ``path``)."""
+    def get(d):
+        x = d["arms"][arm_]
+        for k in path:
+            x = x[k]
+        return None if x is None else x * scale
+    return get
+
+
+def _rmstudy_rows() -> list[Quote]:
+    """bench/README.md's real-model study table: every number of each arm's row."""
+    doc = document(BENCH)
+    out = []
+    for arm_ in ("uniform-RAFT++", "uniform-RAFT++-prompt", "uniform-GRPO", "GVM-RAFT++", "gvm_robust-RAFT++",
+                 "knapsack+history-RAFT++"):
+        lines = [ln for ln in doc.splitlines() if ln.startswith(f"| {arm_} | ") and ln.count("|") == 10]
+        assert len(lines) == 1, f"the real-model study's row for {arm_} is not in bench/README.md once"
+        line = lines[0]
+        base = arm_ in ("uniform-RAFT++", "uniform-RAFT++-prompt")
+        cols = [lambda d, a=arm_: len(d["arms"][a]["seeds"]),
+                (rms(arm_, "final_acc", "mean"), rms(arm_, "final_acc", "se")),
+                None if base else (rms(arm_, "vs_uniform_same_weighting", "mean"), rms(arm_, "vs_uniform_same_weighting", "se")),
+                None if arm_ == "uniform-RAFT++" else (rms(arm_, "vs_uniform_tokens", "mean"), rms(arm_, "vs_uniform_tokens", "se")),
+                rms(arm_, "eval_answer_length", "final", "mean"),
+                (rms(arm_, "accounting", "m_steps", "mean"), rms(arm_, "accounting", "updates", "mean")),
+                lambda d, a=arm_: 100 * d["arms"][a]["accounting"]["pilot_tokens"]["mean"] / d["arms"][a]["accounting"]["generated_tokens"]["mean"]]
+        out += row(BENCH, line, "rmstudy", signed(line, cols, labels=2), labels=2)
+    return out
+
+
 QUOTES: list[Quote] = [
     # ---- the demo's table (docs/demo/summary.json), in README.md and docs/demo.md
     *[qt for doc in (R, DEMO) for name, text in DEMO_ROWS.items() for qt in row(doc, text, "demo", summary_cols(name))],
@@ -1073,11 +1105,6 @@ QUOTES: list[Quote] = [
     *q(THEORY_ROBUST, "it beats uniform (+{0.051} ±\n0.021,", "map", _map_best("gvm_robust", "paired_diff"), 3),
     *q(THEORY_ROBUST, "it beats uniform (+0.051 ±\n{0.021},", "map", _map_best("gvm_robust", "paired_se"), 3),
     *q(THEORY_ROBUST, "as does the paper's rule (+{0.059} ± 0.009)", "map", _map_best("gvm", "paired_diff"), 3),
-    *q(R, "(SmolLM2 + LoRA, {0.097} → 0.347 ± 0.206 over 3 seeds)", "realmodel", rm("uniform-RAFT++", "start_acc"), 3),
-    *q(R, "(SmolLM2 + LoRA, 0.097 → {0.347} ± 0.206 over 3 seeds)", "realmodel", rm("uniform-RAFT++", "final_acc"), 3),
-    *q(R, "(SmolLM2 + LoRA, 0.097 → 0.347 ± {0.206} over 3 seeds)", "realmodel", rm("uniform-RAFT++", "final_acc", "std"), 3),
-    *q(R, "(paired -{0.019} ± 0.281)", "study", _neg(study("smollm2", "RAFT++", "gvm", "paired_diff")), 3),
-    *q(R, "(paired -0.019 ± {0.281})", "study", study("smollm2", "RAFT++", "gvm", "paired_se"), 3),
     # ---- notebooks/03: the chains counter-example
     *q(NB03, "(RAFT++ {0.382} against\n0.343 for GVM-RAFT++", "chains", arm("RAFT++", "final_acc_mean"), 3),
     *q(NB03, "(RAFT++ 0.382 against\n{0.343} for GVM-RAFT++", "chains", arm("GVM-RAFT++", "final_acc_mean"), 3),
@@ -1128,6 +1155,24 @@ QUOTES: list[Quote] = [
     *q("theory/gvm_robust.md", "weighting alone -{0.018} with RAFT++", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
     # ---- bench/README.md: the study re-run with one-factor pairs (allocation_study.json)
     *_study2_rows(),
+    *_rmstudy_rows(),
+    *q(R, "uniform RAFT++ learns, {0.179} → 0.664", "rmstudy", rms("uniform-RAFT++", "start_acc", "mean"), 3),
+    *q(R, "uniform RAFT++ learns, 0.179 → {0.664}", "rmstudy", rms("uniform-RAFT++", "final_acc", "mean"), 3),
+    *q(R, "(seed sd {0.003}); the paper's rule", "rmstudy", lambda d: d["uniform_seed_sd"], 3),
+    *q(R, "the paper's rule is at -{0.004} ± 0.053", "rmstudy", _neg(rms("GVM-RAFT++", "vs_uniform_same_weighting", "mean")), 3),
+    *q(R, "the paper's rule is at -0.004 ± {0.053}", "rmstudy", rms("GVM-RAFT++", "vs_uniform_same_weighting", "se"), 3),
+    *q(R, "256 held-out prompts; {2} of 5 seeds so far", "rmstudy", lambda d: min(len(a["seeds"]) for a in d["arms"].values()), 0),
+    *q(BENCH, "seeds agree**: {0.179} → 0.664", "rmstudy", rms("uniform-RAFT++", "start_acc", "mean"), 3),
+    *q(BENCH, "seeds agree**: 0.179 → {0.664}", "rmstudy", rms("uniform-RAFT++", "final_acc", "mean"), 3),
+    *q(BENCH, "(standard deviation {0.003}: the small", "rmstudy", lambda d: d["uniform_seed_sd"], 3),
+    *q(BENCH, "The paper's rule is at -{0.004} ± 0.053 against", "rmstudy", _neg(rms("GVM-RAFT++", "vs_uniform_same_weighting", "mean")), 3),
+    *q(BENCH, "it ends -{0.041} ± 0.087 against uniform", "rmstudy",
+       _neg(rms("GVM-RAFT++", "by_difficulty", "never right at the start (p0 = 0)", "vs_uniform_same_weighting", "mean")), 3),
+    *q(BENCH, "it solved about half the time +{0.086} ± 0.020", "rmstudy",
+       rms("GVM-RAFT++", "by_difficulty", "1/3 < p0 <= 2/3", "vs_uniform_same_weighting", "mean"), 3),
+    *q(NB04, "learns the task ({0.179} → 0.664 on", "rmstudy", rms("uniform-RAFT++", "start_acc", "mean"), 3),
+    *q(NB04, "learns the task (0.179 → {0.664} on", "rmstudy", rms("uniform-RAFT++", "final_acc", "mean"), 3),
+    *q(NB04, "with a standard error of {0.053}, not yet", "rmstudy", rms("GVM-RAFT++", "vs_uniform_same_weighting", "se"), 3),
     *q(BENCH, "(best: rules-within RAFT++ at {0.88}x,", "study2", study("rules-within", "RAFT++", "gvm_robust", "token_ratio"), 2),
     *q(BENCH, "95% interval {0.82}x to 0.95x;", "study2",
        lambda d: d["tasks"]["rules-within"]["by_algorithm"]["RAFT++"]["gvm_robust"]["token_ratio_ci95"][0], 2),
