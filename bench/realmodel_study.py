@@ -327,11 +327,12 @@ def restore_runs(path: Path, out: Path, arms: dict, budget: int) -> list[str]:
     its arm and seed is refused (the design changed since it ran): one SystemExit line naming the keys.
     Returns "arm seed s" for each run restored."""
     import gzip
+    import shutil
 
     import yaml
 
+    from gvm_mini.atomic import atomic_write_text
     from gvm_mini.config import as_dict
-    from gvm_mini.rundir import atomic_write_text
 
     if not path.is_file():
         return []
@@ -355,8 +356,6 @@ def restore_runs(path: Path, out: Path, arms: dict, budget: int) -> list[str]:
             raise SystemExit(f"realmodel_study: {path.name} holds {lab} seed {s} run with other settings than this "
                              f"code's ({', '.join(diff)}); move the archive away to start afresh")
         if d.exists() and any(d.iterdir()):  # an unfinished run of ours: the archived, finished one replaces it
-            import shutil
-
             shutil.rmtree(d)
         d.mkdir(parents=True, exist_ok=True)
         for name, text in rec["files"].items():
