@@ -130,7 +130,19 @@ MAP_EXTREMES = {
     "4/8": (("A", 0.97), ("B", 0.97), ("C", 0.4), ("D", 0.2), ("E", 0.12), ("F", 0.08), ("G", 0.0), ("H", 0.0)),
     "6/8": EXTREME_SHARES,
 }
-MAP_EPOCHS = {"~2 epochs": {}, "~12 epochs": {"train_size": 64}}  # 376 training prompts, or the first 64
+#: (config overrides, generated tokens): all 296 training prompts or the first 64, at the study's budget
+#: (uniform visits about 1,100 prompts in it: 3.7 passes over 296, 17 over 64), or at 36,000 tokens, where
+#: uniform's budget ends before it has seen every prompt once (one pass over fresh prompts: no prompt is
+#: revisited, so history and estimates from earlier visits cannot help). The keys are the first map's labels.
+MAP_EPOCHS = {"1 pass": ({}, 36_000), "~2 epochs": ({}, demo.BUDGET), "~12 epochs": ({"train_size": 64}, demo.BUDGET)}
+
+
+def passes(mechanism: dict | None, runs: int, prompts: int) -> float | None:
+    """How many times a rule's runs went over their training prompts on average: prompt-visits (summed
+    over :func:`_mechanism`'s families) / (runs x prompts). None without allocation records."""
+    if not mechanism or not runs:
+        return None
+    return sum(v["visits"] for v in mechanism.values()) / (runs * prompts)
 
 
 def _commit() -> str:
@@ -784,28 +796,39 @@ def map_(args, out: Path, cache: Path) -> dict:
     warm, seeds = ([0], [0]) if args.smoke else ([0], list(range(args.seeds)))
     cells = {}
     extremes = MAP_EXTREMES if not args.smoke else {"2/8": MAP_EXTREMES["2/8"]}
-    epochs = MAP_EPOCHS if not args.smoke else {"~2 epochs": {}}
+    epochs = MAP_EPOCHS if not args.smoke else {"1 pass": ({}, 2_000), "~2 epochs": ({}, 4_000)}
     rules = RULES if not args.smoke else [r for r in RULES if r[0] in ("uniform", "gvm")]
-    budget = 4_000 if args.smoke else demo.BUDGET
+    meta = {}
     for ext, shares in extremes.items():
-        for ep, opts in epochs.items():
+        for ep, (opts, budget) in epochs.items():
             key = f"{ext} extreme, {ep}"
             extra = {**opts, **({"test_size": 16, "prompts_per_step": 8} if args.smoke else {})}
             sub = out / "map" / f"ext{ext.replace('/', 'of')}-{ep.strip('~').replace(' ', '')}"
             cells[key] = _run_task(sub, "rules", warm, seeds, rules, {"RAFT++": "raftpp"}, budget=budget, extra=extra,
                                    cache=cache, workers=args.workers, smoke=args.smoke,
                                    sft_of=lambda w, sh=shares: dc_replace(demo.RuleSFT(), seed=w, shares=sh))
-    results = {"commit": _commit(), "seeds": seeds, "machine": demo.report.machine(), "cells": {}}
+            held_out = extra.get("test_size", len(demo.task.RULE_FAMILIES) * demo.task.RULES_TEST_PER_FAMILY) // len(demo.task.RULE_FAMILIES)
+            available = len(demo.task.rule_problems(held_out, seed=demo.task.RULES_DATA_SEED)[0])
+            meta[key] = (budget, min(opts.get("train_size", available), available))
+    results = {"commit": _commit(), "seeds": seeds, "machine": demo.report.machine(), "cells": {}, "cell_design": {}}
     lines = [f"# Where allocation pays on the rule task (`python bench/allocation_study.py --map`, commit {results['commit']})", "",
-             f"RAFT++, the shipped-setting warm start family with other SFT shares, {len(seeds)} seeds, {budget:,} tokens; "
+             f"RAFT++, the shipped-setting warm start family with other SFT shares, {len(seeds)} seeds; "
              "paired difference of final test accuracy against the uniform arm with the rule's own M-step weighting "
-             "(± SE over seeds); `uniform-prompt` is the weighting's own effect (against token-mean uniform).", "",
-             "| cell | uniform final | " + " | ".join(lab for lab, _, _ in rules if lab != "uniform") + " |",
-             "|---|---|" + "---|" * (len(rules) - 1)]
+             "(± SE over seeds); `uniform-prompt` is the weighting's own effect (against token-mean uniform). "
+             "Passes: prompt-visits / training prompts, uniform's and the paper's rule's, per run (measured).", "",
+             "| cell | generated tokens | training prompts | passes (uniform / gvm) | uniform final | "
+             + " | ".join(lab for lab, _, _ in rules if lab != "uniform") + " |",
+             "|---|---|---|---|---|" + "---|" * (len(rules) - 1)]
     for key, s in cells.items():
         rows = s["by_algorithm"]["RAFT++"]
+        budget, prompts = meta[key]
+        runs = len(warm) * len(seeds)
+        pu, pg = (passes(rows[lab].get("mechanism"), runs, prompts) if lab in rows else None for lab in ("uniform", "gvm"))
         results["cells"][key] = {lab: {k: v for k, v in r.items() if k != "curve"} for lab, r in rows.items()}
-        lines.append(f"| {key} | {rows['uniform']['final_mean']:.3f} | " +
+        results["cell_design"][key] = {"budget_tokens": budget, "train_prompts": prompts, "passes_uniform": pu, "passes_gvm": pg}
+        p1 = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
+        lines.append(f"| {key} | {budget:,} | {prompts} | {p1(pu)} / {p1(pg)} | "
+                     f"{rows['uniform']['final_mean']:.3f} | " +
                      " | ".join(_fmt(*_same_or_tokens(rows[lab]), sign=True) for lab, _, _ in rules if lab != "uniform") + " |")
     dest = Path(args.out) if args.smoke else RESULTS
     dest.mkdir(parents=True, exist_ok=True)

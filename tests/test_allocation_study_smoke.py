@@ -104,3 +104,32 @@ def test_smollm2_task_pairs_realmodel_runs_by_seed(tmp_path):
         assert "Filter-RAFT++" in str(e) and "--resume" in str(e)
     else:
         raise AssertionError("a rule with no finished run must stop the task with a message")
+
+
+def test_passes_counts_prompt_visits_per_run_and_prompt():
+    """Two runs over 64 prompts with 96 + 32 + 64 = 192 visits in all: 192 / (2 x 64) = 1.5 passes."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import allocation_study
+
+    mech = {"A": {"visits": 96}, "B": {"visits": 32}, "C": {"visits": 64}}
+    assert allocation_study.passes(mech, runs=2, prompts=64) == 1.5
+    assert allocation_study.passes(None, runs=2, prompts=64) is None
+
+
+def test_map_smoke_has_a_one_pass_column(tmp_path):
+    """``--map --smoke``: the one-pass cell runs at its own (smaller) budget, and uniform's measured passes
+    over the 408 training prompts (16 held out) stay below one there; every rule is paired with its own weighting's uniform."""
+    out = tmp_path / "map"
+    r = subprocess.run([sys.executable, "bench/allocation_study.py", "--map", "--smoke", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "allocation_map.json").read_text())
+    assert list(res["cells"]) == ["2/8 extreme, 1 pass", "2/8 extreme, ~2 epochs"]
+    one, two = res["cell_design"]["2/8 extreme, 1 pass"], res["cell_design"]["2/8 extreme, ~2 epochs"]
+    assert one["budget_tokens"] == 2_000 and two["budget_tokens"] == 4_000 and one["train_prompts"] == 408
+    assert 0 < one["passes_uniform"] < 1 and one["passes_uniform"] < two["passes_uniform"]
+    for run in (out / "map" / "ext2of8-1pass").iterdir():  # the one-pass cell stopped at its own budget
+        last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+        assert 2_000 <= last["tokens"] < 4_000, (run.name, last["tokens"])
+    assert res["cells"]["2/8 extreme, 1 pass"]["gvm"]["vs_uniform_same_weighting"]["baseline"] == "uniform"
+    assert "| 2/8 extreme, 1 pass | 2,000 | 408 |" in (out / "allocation_map.md").read_text()
