@@ -109,12 +109,15 @@ def test_quick_demo_end_to_end_with_a_short_warm_start(tmp_path):
     assert list(methods) == [m[0] for m in METHODS]
     for label, s in methods.items():
         assert QUICK_BUDGET <= s["tokens"] < QUICK_BUDGET + overshoot
-        assert (s["pilot_tokens"] > 0) == (not label in ("RAFT++", "GRPO"))
+        assert (s["pilot_tokens"] > 0) == (s["allocation"] != "uniform")
         assert 0 <= s["final_acc_mean"] <= 1
         assert set(s["final_by_family"]) == set("ABCDEFGH")
     stored = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert stored["wall_seconds"]["total"] > 0 and stored["budget_tokens"] == QUICK_BUDGET
     assert "| GVM-GRPO |" in (tmp_path / "demo" / "summary.md").read_text()
+    # each Robust arm is paired with uniform under its own weighting, and that one with plain uniform
+    assert methods["Robust-GRPO"]["vs_uniform_same_weighting"]["baseline"] == "Prompt-GRPO"
+    assert methods["Prompt-RAFT++"]["vs_uniform_same_weighting"]["baseline"] == "RAFT++"
 
 
 def _fake_run(d, evals, *, pilot_tokens=0, n=None):
@@ -162,6 +165,33 @@ def test_summary_reads_every_arm_at_equal_tokens_by_hand(tmp_path):
     assert g["gvm_stage_share_of_train_wall"] == pytest.approx(1.0 / 8.0)
     for name in ("summary.md", "summary.json", "curves.png", "families.png", "allocation.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_summary_pairs_each_arm_with_uniform_under_its_own_weighting_by_hand(tmp_path):
+    """Robust-RAFT++'s baseline is Prompt-RAFT++ (uniform, per-prompt weighting), whose own is RAFT++: final
+    accuracies at the budget (1000 tokens) per seed, differences paired by seed, SE = sd / sqrt(2)."""
+    from gvm_mini.demo import summarize_runs
+
+    finals = {"RAFT++": (0.50, 0.60), "Prompt-RAFT++": (0.40, 0.60), "Robust-RAFT++": (0.45, 0.50)}
+    for lab, accs in finals.items():
+        for s, acc in enumerate(accs):
+            _fake_run(tmp_path / f"{lab}-s{s}", [(0, 0, 0.2), (1000, 4, acc)], pilot_tokens=100 if lab.startswith("Robust") else 0)
+    out = summarize_runs(tmp_path, list(finals), [0, 1], budget=1000)["methods"]
+    rob, pro = out["Robust-RAFT++"], out["Prompt-RAFT++"]
+    # Robust - Prompt: +0.05, -0.10 -> mean -0.025, sd 0.10607, SE 0.075
+    assert rob["vs_uniform_same_weighting"]["baseline"] == "Prompt-RAFT++"
+    assert rob["vs_uniform_same_weighting"]["per_seed"] == pytest.approx([0.05, -0.10])
+    assert rob["vs_uniform_same_weighting"]["mean"] == pytest.approx(-0.025)
+    assert rob["vs_uniform_same_weighting"]["se"] == pytest.approx(0.075)
+    # Robust - RAFT++ (two factors): -0.05, -0.10 -> -0.075 +- 0.025
+    assert rob["vs_uniform_tokens"]["mean"] == pytest.approx(-0.075) and rob["vs_uniform_tokens"]["se"] == pytest.approx(0.025)
+    # the weighting alone: Prompt - RAFT++ = -0.10, 0.00 -> -0.05 +- 0.05
+    assert pro["vs_uniform_same_weighting"]["baseline"] == "RAFT++"
+    assert pro["vs_uniform_same_weighting"]["mean"] == pytest.approx(-0.05) and pro["vs_uniform_same_weighting"]["se"] == pytest.approx(0.05)
+    assert "vs_uniform_same_weighting" not in out["RAFT++"]
+    table = (tmp_path / "summary.md").read_text()
+    assert "| Robust-RAFT++ | Prompt-RAFT++ | -0.025 ± 0.075 | -0.075 ± 0.025 |" in table
+    assert "| Prompt-RAFT++ | RAFT++ | -0.050 ± 0.050 | -0.050 ± 0.050 |" in table
 
 
 def test_summary_gives_no_ratio_when_the_baseline_did_not_learn(tmp_path):

@@ -21,14 +21,28 @@ __all__ = ["MIN_GAIN", "BASELINE_OF", "summarize_runs", "machine"]
 MIN_GAIN = 0.05
 
 #: the uniform baseline of each arm, and the colours / line styles of the figures
-BASELINE_OF = {"GVM-RAFT++": "RAFT++", "Filter-RAFT++": "RAFT++", "Robust-RAFT++": "RAFT++",
-               "GVM-GRPO": "GRPO", "Filter-GRPO": "GRPO", "Robust-GRPO": "GRPO"}
+#: (the uniform arm with the same M-step weighting: the Robust arms train with Algorithm 1's per-prompt
+#: weighting, so their baselines are the Prompt arms, and a Prompt arm's is plain uniform: the weighting alone)
+BASELINE_OF = {"GVM-RAFT++": "RAFT++", "Filter-RAFT++": "RAFT++", "Robust-RAFT++": "Prompt-RAFT++",
+               "GVM-GRPO": "GRPO", "Filter-GRPO": "GRPO", "Robust-GRPO": "Prompt-GRPO",
+               "Prompt-RAFT++": "RAFT++", "Prompt-GRPO": "GRPO"}
 _COLOR = {"uniform": "tab:blue", "gvm": "tab:red", "filter_extremes": "tab:green", "gvm_robust": "tab:purple"}
 _PREFIX = {"GVM": "gvm", "Filter": "filter_extremes", "Robust": "gvm_robust"}
 
 
 def _rule_of(label: str) -> str:
     return _PREFIX.get(label.split("-", 1)[0], "uniform") if "-" in label else "uniform"
+
+
+def _color(label: str) -> str:  # the rule's colour; uniform under the per-prompt weighting (Prompt arms) its own
+    return "tab:cyan" if label.startswith("Prompt-") else _COLOR[_rule_of(label)]
+
+
+def _paired(finals: dict, lab: str, base: str) -> dict:
+    """Final accuracy of ``lab`` minus ``base``'s, paired by seed: mean and its standard error over seeds."""
+    d = np.asarray(finals[lab]) - np.asarray(finals[base])
+    return {"baseline": base, "mean": float(d.mean()), "per_seed": d.tolist(),
+            "se": float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None}
 
 
 def _evals(out: Path, label: str, seed: int) -> list[dict]:
@@ -118,6 +132,16 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: in
                     vals = [n for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"]) if families[d] == f]
                     mean_n[f] = float(np.mean(vals)) if vals else None
                 summary["methods"][lab]["mean_n_by_family"] = mean_n
+    # one factor at a time: each arm against the uniform arm with its M-step weighting (its baseline) and
+    # against plain uniform of its algorithm (token mean), final accuracy at the budget, paired by seed
+    finals = {lab: summary["methods"][lab]["final_acc_seeds"] for lab in labels}
+    for lab in labels:
+        base = baselines.get(lab, lab)
+        plain = "GRPO" if "GRPO" in lab else "RAFT++"
+        if base != lab and base in labels:
+            summary["methods"][lab]["vs_uniform_same_weighting"] = _paired(finals, lab, base)
+        if plain != lab and plain in labels:
+            summary["methods"][lab]["vs_uniform_tokens"] = _paired(finals, lab, plain)
     # tokens / M-steps to reach the uniform baseline's final accuracy, on the mean curves over seeds
     for lab in labels:
         base = baselines.get(lab, lab)
@@ -201,6 +225,20 @@ def _table(summary: dict, labels: list[str]) -> str:
             f"{s['tokens']:,.0f} ({s['pilot_tokens']:,.0f}) | {s['m_steps']:.1f} | {_fmt_reach(s, 'tokens', '{:,.0f}')} | "
             f"{_fmt_reach(s, 'm_steps', '{:.1f}')} | {100 * s['gvm_stage_share_of_train_wall']:.1f}% |"
         )
+    pairs = [lab for lab in labels if "vs_uniform_same_weighting" in summary["methods"][lab]]
+    if pairs:
+        def pm(d):
+            return f"{d['mean']:+.3f}" + (f" ± {d['se']:.3f}" if d["se"] is not None else "")
+        lines += ["", "One factor at a time: final accuracy at equal tokens minus the baseline's, paired by seed, mean ± "
+                  "standard error over seeds. The baseline is uniform budgets with the arm's own M-step weighting; the "
+                  "Prompt arms (uniform under Algorithm 1's per-prompt weighting) against plain uniform are the weighting "
+                  "alone. The last column is the arm against plain uniform (token mean), which mixes the two factors "
+                  "for the Robust arms.", "",
+                  "| arm | baseline (same weighting) | vs baseline | vs plain uniform (token mean) |", "|---|---|---|---|"]
+        for lab in pairs:
+            s = summary["methods"][lab]
+            same, tok = s["vs_uniform_same_weighting"], s.get("vs_uniform_tokens")
+            lines.append(f"| {lab} | {same['baseline']} | {pm(same)} | {pm(tok) if tok else '-'} |")
     fams = summary["families"]
     if fams:
         lines += ["", "Per family: test Average@4 at the start -> at equal tokens (mean over seeds); "
@@ -229,7 +267,7 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
             for lab in arms:
                 xmax = budget if x == "tokens" else min(r[-1][key] for r in runs[lab])
                 g, mean, std = _mean_curve(runs[lab], key, xmax)
-                c = _COLOR[_rule_of(lab)]
+                c = _color(lab)
                 ax.plot(g, mean, label=lab, color=c)
                 ax.fill_between(g, mean - std, mean + std, alpha=0.15, color=c)
             ax.axhline(start, color="gray", ls=":", lw=1, label="start")
@@ -239,7 +277,7 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
             ax.set_ylabel("test Average@4")
             ax.grid(alpha=0.3)
         row[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)  # beside, not over, the curves
-        names = ["uniform" if lab == algo else lab.split("-", 1)[0] for lab in arms]
+        names = ["uniform" if lab == algo else "uniform-prompt" if lab.startswith("Prompt-") else lab.split("-", 1)[0] for lab in arms]
         row[0].set_title(f"{algo}: {', '.join(names)} against tokens", fontsize=10)
         row[1].set_title("against training wall time", fontsize=10)
         row[2].set_title("against M-steps (the paper's x-axis: pilots free)", fontsize=10)
@@ -256,7 +294,7 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
     for ax, f in zip(axes.flat, families):
         for lab in labels:
             g, mean, _ = _mean_curve(runs[lab], "tokens", budget, n=40, family=f)
-            ax.plot(g, mean, color=_COLOR[_rule_of(lab)], ls="-" if "RAFT" in lab else "--", label=lab)
+            ax.plot(g, mean, color=_color(lab), ls="-" if "RAFT" in lab else "--", label=lab)
         start = float(np.mean([r[0]["by_group"][f] for r in runs[labels[0]]]))  # the table's start (mean over seeds)
         ax.axhline(start, color="gray", ls=":", lw=1)
         ax.set_title(f"family {f} ({RULE_FAMILIES.get(f, '?')}), start {start:.2f}", fontsize=10)
@@ -268,7 +306,7 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
     for ax in axes.flat[len(families):]:
         ax.axis("off")
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 8), fontsize=8, frameon=False)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8, frameon=False)
     fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms; colour: the rule), mean over seeds")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     atomic_savefig(fig, out / "families.png", dpi=100)

@@ -19,7 +19,7 @@ from .report import summarize_runs
 from .task import RULES_DATA_SEED, RULES_TEST_PER_FAMILY, TASK
 from .warmstart import SFT, RuleSFT, warm_start
 
-__all__ = ["BUDGET", "QUICK_BUDGET", "CHAINS_BUDGET", "CHAINS_QUICK_BUDGET", "METHODS", "CHAINS_METHODS", "ROBUST_OPTIONS",
+__all__ = ["BUDGET", "QUICK_BUDGET", "CHAINS_BUDGET", "CHAINS_QUICK_BUDGET", "METHODS", "CHAINS_METHODS", "ROBUST_OPTIONS", "ARM_OPTIONS",
            "demo_config", "run_jobs", "run_demo"]
 
 
@@ -29,8 +29,9 @@ CHAINS_BUDGET, CHAINS_QUICK_BUDGET = 150_000, 40_000
 
 #: (label, algorithm, allocation): each algorithm with uniform budgets, GVM's Proposition 1 (the
 #: paper's rule), the DAPO-style filter (pilot, then drop prompts whose pilots were all right or all
-#: wrong) and gvm_robust (Proposition 1 with a floor and a cap on Beta-posterior estimates; its
-#: options are :data:`ROBUST_OPTIONS`)
+#: wrong), gvm_robust (Proposition 1 with a floor and a cap on Beta-posterior estimates; its
+#: options are :data:`ROBUST_OPTIONS`) and uniform budgets under gvm_robust's M-step weighting (the
+#: Prompt arms, gvm_robust's one-factor baselines; :data:`ARM_OPTIONS`)
 METHODS = [
     ("RAFT++", "raftpp", "uniform"),
     ("GVM-RAFT++", "raftpp", "gvm"),
@@ -40,14 +41,21 @@ METHODS = [
     ("GVM-GRPO", "grpo", "gvm"),
     ("Filter-GRPO", "grpo", "filter_extremes"),
     ("Robust-GRPO", "grpo", "gvm_robust"),
+    ("Prompt-RAFT++", "raftpp", "uniform"),
+    ("Prompt-GRPO", "grpo", "uniform"),
 ]
 #: the chains counter-example keeps the previous demo's four arms
-CHAINS_METHODS = [m for m in METHODS if not m[0].startswith(("Filter", "Robust"))]
+CHAINS_METHODS = [m for m in METHODS if not m[0].startswith(("Filter", "Robust", "Prompt"))]
 
 #: gvm_robust's settings, pre-registered on the demo task (bench/allocation_study.py --tune): the
 #: estimates, the pilot policy, the floor and cap, and the M-step weighting
 ROBUST_OPTIONS = {"estimator": "robust", "pilot": "history_reuse", "robust_floor": 2, "robust_cap_factor": 2.0,
                   "prompt_weighting": "prompt"}
+#: each arm's options beyond its (algorithm, allocation): the Prompt arms are uniform budgets under the
+#: Robust arms' M-step weighting (Algorithm 1's 1/|D_i|), so a Robust arm and its baseline differ in the
+#: allocation alone, and a Prompt arm and plain uniform in the weighting alone
+ARM_OPTIONS = {"Robust-RAFT++": ROBUST_OPTIONS, "Robust-GRPO": ROBUST_OPTIONS,
+               "Prompt-RAFT++": {"prompt_weighting": "prompt"}, "Prompt-GRPO": {"prompt_weighting": "prompt"}}
 
 
 def demo_config(model_dir: Path, algorithm: str, allocation: str, seed: int, *, quick: bool, task: str = "rules") -> Config:
@@ -177,8 +185,7 @@ def run_demo(out: Path, *, quick: bool = False, seeds: int | None = None, cache_
     t0 = time.perf_counter()
     model_dir = warm_start(cache_root, sft)
     t_sft = time.perf_counter() - t0
-    jobs = [(model_dir, label, alg, allocation, s, quick, task, out / f"{label}-s{s}",
-             ROBUST_OPTIONS if allocation == "gvm_robust" else {})
+    jobs = [(model_dir, label, alg, allocation, s, quick, task, out / f"{label}-s{s}", ARM_OPTIONS.get(label, {}))
             for s in seed_list for label, alg, allocation in methods]
     workers = max(1, min(len(jobs), workers or min(os.cpu_count() or 1, 4)))
     print(f"{len(jobs)} runs ({len(methods)} methods x {n_seeds} seeds) of {budget:,} generated tokens each, "
