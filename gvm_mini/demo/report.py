@@ -126,12 +126,16 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: in
         allocs = [read_jsonl(out / f"{lab}-s{s}" / "allocations.jsonl") for s in seeds]
         if rules[lab] != "uniform":
             summary["methods"][lab]["dropped_prompt_frac"] = float(np.mean([np.mean(np.asarray(a["n"]) == 0) for al in allocs for a in al]))
+            summary["methods"][lab]["max_n"] = int(max(max(a["n"]) for al in allocs for a in al))  # the largest n_i of any visit
             if families:
                 mean_n = {}
                 for f in families:
                     vals = [n for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"]) if families[d] == f]
                     mean_n[f] = float(np.mean(vals)) if vals else None
                 summary["methods"][lab]["mean_n_by_family"] = mean_n
+                summary["methods"][lab]["zero_share_by_family"] = {  # share of the family's prompt-visits with n_i = 0
+                    f: float(np.mean([n == 0 for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"])
+                                      if families[d] == f])) for f in families}
     # one factor at a time: each arm against the uniform arm with its M-step weighting (its baseline) and
     # against plain uniform of its algorithm (token mean), final accuracy at the budget, paired by seed
     finals = {lab: summary["methods"][lab]["final_acc_seeds"] for lab in labels}
