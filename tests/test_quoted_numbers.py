@@ -504,13 +504,16 @@ STUDY_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rul
     ("rules-extremes", "GRPO", "| rules-extremes | GRPO | 0.442 | -0.025 ± 0.011 | -0.018 ± 0.014 | +0.015 ± 0.011 | -0.040 ± 0.018 |"),
     ("synthetic", "Lemma-1 SGD", "| synthetic (-L) | Lemma-1 SGD | -1.572 | -0.007 ± 0.015 | -0.040 ± 0.055 | -0.004 ± 0.024 | -0.009 ± 0.022 |"),
 ]
-MAP_ROWS = [  # bench/README.md: uniform final | paired diff ± SE of each rule (3 seeds)
-    "| 2/8 extreme, ~2 epochs | 0.526 | -0.121 ± 0.011 | -0.028 ± 0.011 | +0.002 ± 0.013 | -0.089 ± 0.007 |",
-    "| 2/8 extreme, ~12 epochs | 0.418 | -0.034 ± 0.023 | +0.007 ± 0.033 | +0.006 ± 0.025 | -0.044 ± 0.016 |",
-    "| 4/8 extreme, ~2 epochs | 0.638 | -0.041 ± 0.010 | -0.014 ± 0.002 | -0.022 ± 0.007 | -0.031 ± 0.011 |",
-    "| 4/8 extreme, ~12 epochs | 0.587 | -0.009 ± 0.012 | -0.008 ± 0.002 | -0.022 ± 0.003 | -0.007 ± 0.002 |",
-    "| 6/8 extreme, ~2 epochs | 0.495 | -0.017 ± 0.003 | -0.008 ± 0.012 | +0.008 ± 0.003 | -0.075 ± 0.029 |",
-    "| 6/8 extreme, ~12 epochs | 0.350 | +0.059 ± 0.009 | +0.051 ± 0.021 | +0.038 ± 0.021 | -0.028 ± 0.008 |",
+MAP_ROWS = [  # bench/README.md: tokens | prompts | passes | uniform final | each rule's paired diff ± SE (3 seeds)
+    "| 2/8 extreme, 1 pass | 36,000 | 296 | 1.1 / 0.6 | 0.377 | -0.020 ± 0.011 | -0.074 ± 0.004 | +0.025 ± 0.005 | -0.082 ± 0.006 | -0.072 ± 0.018 |",
+    "| 2/8 extreme, ~2 epochs | 150,000 | 296 | 3.7 / 2.6 | 0.542 | -0.029 ± 0.005 | -0.116 ± 0.021 | -0.032 ± 0.011 | -0.025 ± 0.007 | -0.128 ± 0.006 |",
+    "| 2/8 extreme, ~12 epochs | 150,000 | 64 | 17.0 / 12.0 | 0.433 | +0.021 ± 0.026 | -0.066 ± 0.018 | +0.012 ± 0.032 | -0.027 ± 0.011 | -0.046 ± 0.023 |",
+    "| 4/8 extreme, 1 pass | 36,000 | 296 | 1.1 / 0.6 | 0.535 | -0.003 ± 0.005 | -0.112 ± 0.003 | -0.009 ± 0.014 | -0.090 ± 0.006 | -0.111 ± 0.012 |",
+    "| 4/8 extreme, ~2 epochs | 150,000 | 296 | 3.7 / 2.6 | 0.627 | -0.003 ± 0.004 | -0.020 ± 0.003 | -0.007 ± 0.008 | -0.022 ± 0.013 | -0.018 ± 0.005 |",
+    "| 4/8 extreme, ~12 epochs | 150,000 | 64 | 17.0 / 12.0 | 0.587 | +0.011 ± 0.002 | -0.021 ± 0.009 | -0.028 ± 0.012 | -0.009 ± 0.013 | -0.000 ± 0.006 |",
+    "| 6/8 extreme, 1 pass | 36,000 | 296 | 1.1 / 0.6 | 0.340 | +0.011 ± 0.005 | -0.005 ± 0.002 | +0.013 ± 0.015 | -0.022 ± 0.011 | -0.017 ± 0.011 |",
+    "| 6/8 extreme, ~2 epochs | 150,000 | 296 | 3.7 / 2.6 | 0.500 | +0.004 ± 0.006 | -0.048 ± 0.020 | -0.014 ± 0.013 | -0.021 ± 0.017 | -0.077 ± 0.024 |",
+    "| 6/8 extreme, ~12 epochs | 150,000 | 64 | 17.0 / 11.7 | 0.345 | +0.035 ± 0.024 | +0.050 ± 0.024 | +0.046 ± 0.023 | +0.033 ± 0.023 | -0.003 ± 0.007 |",
 ]
 PAPER_ROWS = [  # bench/README.md: updates per M-step | acc at 23 M-steps | final acc | paired diff (— for uniform)
     ("RAFT++", "uniform", "| RAFT++ | uniform | 8.0 | 0.471 ± 0.033 | 0.525 ± 0.015 | — |"),
@@ -600,7 +603,10 @@ def _study_rows() -> list[Quote]:
     out = [qt for task, alg, text in STUDY_ROWS for qt in _study_row(task, alg, text)]
     for text in MAP_ROWS:
         c = text.split("|")[1].strip()
-        cols = [amap(c, "uniform", "final_mean")] + [(amap(c, r, "paired_diff"), amap(c, r, "paired_se")) for r in STUDY_RULES]
+        cols = [lambda d, c=c: d["cell_design"][c]["budget_tokens"], lambda d, c=c: d["cell_design"][c]["train_prompts"],
+                (lambda d, c=c: d["cell_design"][c]["passes_uniform"], lambda d, c=c: d["cell_design"][c]["passes_gvm"]),
+                amap(c, "uniform", "final_mean"), (amap(c, "uniform-prompt", "paired_diff"), amap(c, "uniform-prompt", "paired_se"))]
+        cols += [(_map_same(c, r, "mean"), _map_same(c, r, "se")) for r in STUDY_RULES]
         out += row(BENCH, text, "map", signed(text, cols))
     for alg, a, text in PAPER_ROWS:
         cols = [paper(alg, a, "updates_per_m_step"),
@@ -616,6 +622,10 @@ def _study_rows() -> list[Quote]:
 
 def _map_best(rule: str, key: str) -> Callable:  # the map's cell where allocation paid
     return lambda d: d["cells"]["6/8 extreme, ~12 epochs"][rule][key]
+
+
+def _map_same(cell_: str, rule: str, key: str) -> Callable:  # a rule against uniform with its own weighting
+    return lambda d: d["cells"][cell_][rule]["vs_uniform_same_weighting"][key]
 
 
 def _updates_x(alg: str) -> Callable:  # "uniform with 8x updates": its updates per M-step over uniform's
@@ -1122,15 +1132,27 @@ QUOTES: list[Quote] = [
     *q(BENCH, "pilots not trained on -{0.022} ± 0.002.", "ablation", _neg(_ablation("history, pilots not trained on", "paired_diff")), 3),
     *q(BENCH, "pilots not trained on -0.022 ± {0.002}.", "ablation", _ablation("history, pilots not trained on", "paired_se"), 3),
     # ---- bench/README.md: --map (the study's SEs it cites: RAFT++ on the rule task, every rule against uniform)
-    *q(BENCH, "the paper's rule +{0.059} ±\n0.009 over uniform, `gvm_robust`", "map", _map_best("gvm", "paired_diff"), 3),
-    *q(BENCH, "the paper's rule +0.059 ±\n{0.009} over uniform, `gvm_robust`", "map", _map_best("gvm", "paired_se"), 3),
-    *q(BENCH, "`gvm_robust` +{0.051} ± 0.021, `knapsack` + history", "map", _map_best("gvm_robust", "paired_diff"), 3),
-    *q(BENCH, "`gvm_robust` +0.051 ± {0.021}, `knapsack` + history", "map", _map_best("gvm_robust", "paired_se"), 3),
-    *q(BENCH, "`knapsack` + history +{0.038} ± 0.021)", "map", _map_best("knapsack+history", "paired_diff"), 3),
-    *q(BENCH, "`knapsack` + history +0.038 ± {0.021})", "map", _map_best("knapsack+history", "paired_se"), 3),
-    *q(BENCH, "the pilot-based rules tied or lost (the paper's rule by up to\n{0.121})", "map",
-       lambda d: -min(c["gvm"]["paired_diff"] for c in d["cells"].values()), 3),
-    *q(BENCH, "mean ± SE over **{3} seeds\non one warm start per cell**", "map", lambda d: len(d["seeds"]), 0),
+    *q(BENCH, "17 passes: the paper's rule +{0.050} ± 0.024, `gvm_robust`", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "mean"), 3),
+    *q(BENCH, "17 passes: the paper's rule +0.050 ± {0.024}, `gvm_robust`", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "se"), 3),
+    *q(BENCH, "`gvm_robust` +{0.046} ± 0.023, `knapsack` + history", "map", _map_same("6/8 extreme, ~12 epochs", "gvm_robust", "mean"), 3),
+    *q(BENCH, "`gvm_robust` +0.046 ± {0.023}, `knapsack` + history", "map", _map_same("6/8 extreme, ~12 epochs", "gvm_robust", "se"), 3),
+    *q(BENCH, "`knapsack` + history\n+{0.033} ± 0.023, each", "map", _map_same("6/8 extreme, ~12 epochs", "knapsack+history", "mean"), 3),
+    *q(BENCH, "`knapsack` + history\n+0.033 ± {0.023}, each", "map", _map_same("6/8 extreme, ~12 epochs", "knapsack+history", "se"), 3),
+    *q(BENCH, "with {3} seeds on one warm start), and", "map", lambda d: len(d["seeds"]), 0),
+    *q(BENCH, "**{3} seeds on one warm start per cell**", "map", lambda d: len(d["seeds"]), 0),
+    *q(BENCH, "2/8 at an extreme (+{0.025} ± 0.005; its pilots", "map", _map_same("2/8 extreme, 1 pass", "gvm_robust", "mean"), 3),
+    *q(BENCH, "2/8 at an extreme (+0.025 ± {0.005}; its pilots", "map", _map_same("2/8 extreme, 1 pass", "gvm_robust", "se"), 3),
+    *q(BENCH, "lost -{0.074} ± 0.004 there", "map", _neg(_map_same("2/8 extreme, 1 pass", "gvm", "mean")), 3),
+    *q(BENCH, "lost -0.074 ± {0.004} there", "map", _map_same("2/8 extreme, 1 pass", "gvm", "se"), 3),
+    *q(BENCH, "(the paper's\nrule by up to {0.116})", "map", lambda d: -min(c["gvm"]["vs_uniform_same_weighting"]["mean"] for c in d["cells"].values()), 3),
+    *q(BENCH, "weighting alone ranges from\n-{0.029} ± 0.005", "map", lambda d: -min(c["uniform-prompt"]["paired_diff"] for c in d["cells"].values()), 3),
+    *q(BENCH, "to +{0.035} ± 0.024; in the 6/8", "map", lambda d: max(c["uniform-prompt"]["paired_diff"] for c in d["cells"].values()), 3),
+    *q(BENCH, "`gvm_robust`'s +{0.081} ± 0.009 against token-mean", "map", _map_best("gvm_robust", "paired_diff"), 3),
+    *q(BENCH, "`gvm_robust`'s +0.081 ± {0.009} against token-mean", "map", _map_best("gvm_robust", "paired_se"), 3),
+    *q(BENCH, "36,000 generated tokens over the {296} training prompts", "map", lambda d: d["cell_design"]["2/8 extreme, 1 pass"]["train_prompts"], 0),
+    *q(BENCH, "about once, {1.1} passes measured", "map", lambda d: max(v["passes_uniform"] for k, v in d["cell_design"].items() if "1 pass" in k), 1),
+    *q(BENCH, "prompts ({3.7} passes; labelled", "map", lambda d: d["cell_design"]["2/8 extreme, ~2 epochs"]["passes_uniform"], 1),
+    *q(BENCH, "over the first 64 ({17} passes,", "map", lambda d: d["cell_design"]["6/8 extreme, ~12 epochs"]["passes_uniform"], 0),
     # ---- bench/README.md: --paper
     *q(BENCH, "(shipped warm start, {2} seeds, 150k tokens; mean ± SE over seeds;", "paper", lambda d: len(d["seeds"]), 0),
     *q(BENCH, "(shipped warm start, 2 seeds, {150}k tokens; mean ± SE over seeds;", "paper",
@@ -1150,9 +1172,10 @@ QUOTES: list[Quote] = [
     *q(THEORY_ROBUST, "-0.018 ± {0.014} held out)", "study", study("rules-extremes", "GRPO", "gvm_robust", "paired_se"), 3),
     *q(THEORY_ROBUST, "SmolLM2 task (-{0.046} ± 0.034, where", "study", _neg(study("smollm2", "RAFT++", "gvm_robust", "paired_diff")), 3),
     *q(THEORY_ROBUST, "SmolLM2 task (-0.046 ± {0.034}, where", "study", study("smollm2", "RAFT++", "gvm_robust", "paired_se"), 3),
-    *q(THEORY_ROBUST, "it beats uniform (+{0.051} ±\n0.021,", "map", _map_best("gvm_robust", "paired_diff"), 3),
-    *q(THEORY_ROBUST, "it beats uniform (+0.051 ±\n{0.021},", "map", _map_best("gvm_robust", "paired_se"), 3),
-    *q(THEORY_ROBUST, "as does the paper's rule (+{0.059} ± 0.009)", "map", _map_best("gvm", "paired_diff"), 3),
+    *q(THEORY_ROBUST, "M-step weighting (+{0.046} ±\n0.023,", "map", _map_same("6/8 extreme, ~12 epochs", "gvm_robust", "mean"), 3),
+    *q(THEORY_ROBUST, "M-step weighting (+0.046 ±\n{0.023},", "map", _map_same("6/8 extreme, ~12 epochs", "gvm_robust", "se"), 3),
+    *q(THEORY_ROBUST, "as does the paper's rule (+{0.050} ± 0.024)", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "mean"), 3),
+    *q(THEORY_ROBUST, "as does the paper's rule (+0.050 ± {0.024})", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "se"), 3),
     # ---- notebooks/03: the chains counter-example
     *q(NB03, "(RAFT++ {0.382} against\n0.343 for GVM-RAFT++", "chains", arm("RAFT++", "final_acc_mean"), 3),
     *q(NB03, "(RAFT++ 0.382 against\n{0.343} for GVM-RAFT++", "chains", arm("GVM-RAFT++", "final_acc_mean"), 3),
@@ -1352,9 +1375,11 @@ QUOTES: list[Quote] = [
     *q(R, "rule: -0.020 to -0.109 on {9} of 10 rows", "study2",
        lambda d: sum(r["gvm"]["vs_uniform_same_weighting"]["mean"] < 0 for k, t in d["tasks"].items() if k != "synthetic"
                      for r in t["by_algorithm"].values() if "vs_uniform_same_weighting" in r.get("gvm", {})), 0),
-    *q(R, "the paper's rule +{0.059} ± 0.009\n  over uniform, 3 seeds", "map", _map_best("gvm", "paired_diff"), 3),
-    *q(R, "the paper's rule +0.059 ± {0.009}\n  over uniform, 3 seeds", "map", _map_best("gvm", "paired_se"), 3),
-    *q(R, "+0.059 ± 0.009\n  over uniform, {3} seeds", "map", lambda d: len(d["seeds"]), 0),
+    *q(R, "the paper's rule +{0.050} ± 0.024\n  over uniform, 3 seeds", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "mean"), 3),
+    *q(R, "the paper's rule +0.050 ± {0.024}\n  over uniform, 3 seeds", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "se"), 3),
+    *q(R, "+0.050 ± 0.024\n  over uniform, {3} seeds", "map", lambda d: len(d["seeds"]), 0),
+    *q(R, "one pass over fresh prompts (+{0.025} ± 0.005, 2 of 8", "map", _map_same("2/8 extreme, 1 pass", "gvm_robust", "mean"), 3),
+    *q(R, "one pass over fresh prompts (+0.025 ± {0.005}, 2 of 8", "map", _map_same("2/8 extreme, 1 pass", "gvm_robust", "se"), 3),
     # ---- README.md: the M-step weighting on exact models (weighting_variance.py)
     *q(R, "prompt i's samples by 1/(n_i p_i)\n  ({0.966}x uniform's)", "weighting", wv(4, "gvm", "lemma1"), 3),
     *q(R, "under the official code's token mean it *raises* it ({1.455}x)", "weighting", wv(4, "gvm", "tokens"), 3),
