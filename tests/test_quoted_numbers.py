@@ -749,6 +749,8 @@ QUOTES: list[Quote] = [
     *q(R, "Ten arms x 3 seeds ({30} runs)", "demo", _n_runs, 0),
     *q(R, "start pass rates spread from {0.83} (family A)", "demo", fam("RAFT++", "A", "start_by_family"), 2),
     *q(R, "uniform RAFT++ {0.229} → 0.542", "demo", arm("RAFT++", "start_acc"), 3),
+    *q(R, "level with GRPO ({0.439} against 0.435)", "demo", arm("GVM-GRPO", "acc_at_equal_m_steps_mean"), 3),
+    *q(R, "level with GRPO (0.439 against {0.435})", "demo", arm("GRPO", "acc_at_equal_m_steps_mean"), 3),
     *q(R, "uniform RAFT++ 0.229 → {0.542}", "demo", arm("RAFT++", "final_acc_mean"), 3),
     *q(R, "GRPO → {0.484}", "demo", arm("GRPO", "final_acc_mean"), 3),
     *q(R, "(+{0.31} and +0.26 test\n  accuracy for uniform RAFT++ and GRPO)", "demo", _gain("RAFT++"), 2),
