@@ -1250,7 +1250,7 @@ QUOTES: list[Quote] = [
     *q(BENCH, "(seeds 0.484, 0.416, {0.615})", "rmstudy", lambda d: d["arms"]["uniform-RAFT++-QLoRA"]["final_acc_per_seed"]["2"], 3),
     *q(BENCH, "-{0.146} ± 0.070 against LoRA", "rmstudy", _neg(rms("uniform-RAFT++-QLoRA", "vs_uniform_same_weighting", "mean")), 3),
     *q(BENCH, "-0.146 ± {0.070} against LoRA", "rmstudy", rms("uniform-RAFT++-QLoRA", "vs_uniform_same_weighting", "se"), 3),
-    *q(BENCH, "(seed 2) sampled at {44} tokens/s", "rmstudy", lambda d: d["arms"]["uniform-RAFT++-QLoRA"]["runs"]["2"]["sampling_tokens_per_s"], 0),
+    *q(BENCH, "two at a time) sampled at {44} tokens/s", "rmstudy", lambda d: d["arms"]["uniform-RAFT++-QLoRA"]["runs"]["2"]["sampling_tokens_per_s"], 0),
     *q(BENCH, "sampler drew {61}-73", "rmstudy", lambda d: min(d["arms"]["uniform-RAFT++"]["runs"][k]["sampling_tokens_per_s"] for k in "012"), 0),
     *q(BENCH, "sampler drew 61-{73}", "rmstudy", lambda d: max(r["sampling_tokens_per_s"] for k, r in d["arms"]["uniform-RAFT++"]["runs"].items() if k in "012"), 0),
     *q(BENCH, "and took {2,158} s against", "rmstudy", lambda d: d["arms"]["uniform-RAFT++-QLoRA"]["runs"]["2"]["wall_total_s"], 0),
