@@ -485,12 +485,9 @@ _n_runs = lambda d: len(d["methods"]) * len(d["seeds"])  # noqa: E731  # the dem
 _share = lambda d, agg, arms=PILOT_ARMS: agg(d["methods"][a]["gvm_stage_share_of_train_wall"] for a in arms) * 100  # noqa: E731
 
 
-def _gain_over_std(name: str) -> Callable:  # a demo arm's final - start accuracy, in standard deviations over seeds
-    return lambda d: (d["methods"][name]["final_acc_mean"] - d["methods"][name]["start_acc"]) / d["methods"][name]["final_acc_std"]
-
-
 def _diff(a: str, b: str) -> Callable:  # final accuracy of demo arm a minus arm b
     return lambda d: d["methods"][a]["final_acc_mean"] - d["methods"][b]["final_acc_mean"]
+
 
 STUDY_RULES = ("gvm", "gvm_robust", "knapsack+history", "filter_extremes")  # the study's columns after uniform
 STUDY_TASKS = ("rules", "chains", "rules-extremes", "synthetic")  # named: the smollm2 task is not final yet
@@ -706,10 +703,6 @@ def _pair(arm_: str, key: str, stat: str) -> Callable:  # the demo: a paired dif
     return lambda d: d["methods"][arm_][key][stat]
 
 
-def _max_n(arm_: str) -> Callable:  # the demo: the largest n_i any prompt-visit of any seed got
-    return lambda d: d["methods"][arm_]["max_n"]
-
-
 def _rmstudy_rows() -> list[Quote]:
     """bench/README.md's real-model study table: every number of each arm's row."""
     doc = document(BENCH)
@@ -757,7 +750,7 @@ QUOTES: list[Quote] = [
     *q(R, "(+0.31 and +{0.26} test\n  accuracy for uniform RAFT++ and GRPO)", "demo", _gain("GRPO"), 2),
     *q(R, "(family E: {0.85} under uniform RAFT++", "demo", fam("RAFT++", "E"), 2),
     *q(R, "0.85 under uniform RAFT++, {0.20} under\nGVM-RAFT++)", "demo", fam("GVM-RAFT++", "E"), 2),
-    *q(R, "get up to {188}\nsamples (uniform: 8)", "demo", _max_n("GVM-RAFT++"), 0),
+    *q(R, "get up to {188}\nsamples (uniform: 8)", "demo", arm("GVM-RAFT++", "max_n"), 0),
     *q(R, "(family E: {0.62}\nunder Robust-RAFT++)", "demo", fam("Robust-RAFT++", "E"), 2),
     *q(R, "most of the pilot ({21}k of 154k tokens against GVM's 53k)", "demo", arm("Robust-RAFT++", "pilot_tokens", 1e-3), 0),
     *q(R, "most of the pilot (21k of {154}k tokens against GVM's 53k)", "demo", arm("Robust-RAFT++", "tokens", 1e-3), 0),
@@ -811,7 +804,7 @@ QUOTES: list[Quote] = [
     *q(DEMO, "the GVM stage is {30}% of\n   training wall time for GVM-RAFT++", "demo",
        arm("GVM-RAFT++", "gvm_stage_share_of_train_wall", 100), 0),
     *q(DEMO, "for GVM-RAFT++ and {25}% for GVM-GRPO", "demo", arm("GVM-GRPO", "gvm_stage_share_of_train_wall", 100), 0),
-    *q(DEMO, "get up to {188} samples, where\n   uniform gives 8", "demo", _max_n("GVM-RAFT++"), 0),
+    *q(DEMO, "get up to {188} samples, where\n   uniform gives 8", "demo", arm("GVM-RAFT++", "max_n"), 0),
     *q(DEMO, "with RAFT++ ({0.25} against 0.22; with GRPO both reach 0.24)", "demo", fam("GVM-RAFT++", "C"), 2),
     *q(DEMO, "with RAFT++ (0.25 against {0.22}; with GRPO both reach 0.24)", "demo", fam("RAFT++", "C"), 2),
     *q(DEMO, "with GRPO both reach {0.24})", "demo", fam("GRPO", "C"), 2),

@@ -128,14 +128,13 @@ def summarize_runs(out: Path, labels: list[str], seeds: list[int], *, budget: in
             summary["methods"][lab]["dropped_prompt_frac"] = float(np.mean([np.mean(np.asarray(a["n"]) == 0) for al in allocs for a in al]))
             summary["methods"][lab]["max_n"] = int(max(max(a["n"]) for al in allocs for a in al))  # the largest n_i of any visit
             if families:
-                mean_n = {}
+                mean_n, zero_share = {}, {}  # per family: mean n_i and the share of prompt-visits with n_i = 0
                 for f in families:
-                    vals = [n for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"]) if families[d] == f]
-                    mean_n[f] = float(np.mean(vals)) if vals else None
+                    vals = np.array([n for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"]) if families[d] == f])
+                    mean_n[f] = float(vals.mean()) if vals.size else None
+                    zero_share[f] = float(np.mean(vals == 0)) if vals.size else None
                 summary["methods"][lab]["mean_n_by_family"] = mean_n
-                summary["methods"][lab]["zero_share_by_family"] = {  # share of the family's prompt-visits with n_i = 0
-                    f: float(np.mean([n == 0 for al in allocs for a in al for n, d in zip(a["n"], a["difficulty"])
-                                      if families[d] == f])) for f in families}
+                summary["methods"][lab]["zero_share_by_family"] = zero_share
     # one factor at a time: each arm against the uniform arm with its M-step weighting (its baseline) and
     # against plain uniform of its algorithm (token mean), final accuracy at the budget, paired by seed
     finals = {lab: summary["methods"][lab]["final_acc_seeds"] for lab in labels}

@@ -54,8 +54,8 @@ ROBUST_OPTIONS = {"estimator": "robust", "pilot": "history_reuse", "robust_floor
 #: each arm's options beyond its (algorithm, allocation): the Prompt arms are uniform budgets under the
 #: Robust arms' M-step weighting (Algorithm 1's 1/|D_i|), so a Robust arm and its baseline differ in the
 #: allocation alone, and a Prompt arm and plain uniform in the weighting alone
-ARM_OPTIONS = {"Robust-RAFT++": ROBUST_OPTIONS, "Robust-GRPO": ROBUST_OPTIONS,
-               "Prompt-RAFT++": {"prompt_weighting": "prompt"}, "Prompt-GRPO": {"prompt_weighting": "prompt"}}
+_PROMPT = {"prompt_weighting": ROBUST_OPTIONS["prompt_weighting"]}
+ARM_OPTIONS = {"Robust-RAFT++": ROBUST_OPTIONS, "Robust-GRPO": ROBUST_OPTIONS, "Prompt-RAFT++": _PROMPT, "Prompt-GRPO": _PROMPT}
 
 
 def demo_config(model_dir: Path, algorithm: str, allocation: str, seed: int, *, quick: bool, task: str = "rules") -> Config:
