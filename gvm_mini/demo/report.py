@@ -270,8 +270,8 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
             for lab in arms:
                 xmax = budget if x == "tokens" else min(r[-1][key] for r in runs[lab])
                 g, mean, std = _mean_curve(runs[lab], key, xmax)
-                c = _color(lab)
-                ax.plot(g, mean, label=lab, color=c)
+                c = _color(lab)  # Prompt arms dashed: with GRPO the Prompt arm is the uniform run itself, drawn over it
+                ax.plot(g, mean, label=lab, color=c, ls="--" if lab.startswith("Prompt-") else "-")
                 ax.fill_between(g, mean - std, mean + std, alpha=0.15, color=c)
             ax.axhline(start, color="gray", ls=":", lw=1, label="start")
             if x == "tokens":
