@@ -23,9 +23,11 @@ all-wrong prompts).
 
 Tasks (``TASKS``): ``rules`` (the demo's task; the tuning task), ``chains`` (the previous demo's
 one-digit chains), ``rules-extremes`` (the rule task with 6 of 8 families near-solved or unsolvable
-at the start: a held-out warm start family) and ``synthetic`` (the exact latent-CoT models of the
-regime map, Lemma-1 M-steps, loss at equal samples with the pilots counted). Warm starts are SFT seeds
-(synthetic: model seeds); seed 0 of ``rules`` is the demo's shipped warm start.
+at the start: a held-out warm start family), ``rules-flat`` and ``rules-within`` (fresh held-out tasks),
+``synthetic`` (the exact latent-CoT models of the regime map, Lemma-1 M-steps for every rule, uniform
+also under the token mean and 1/|D_i|, loss at equal samples with the pilots counted) and ``smollm2``
+(the real-model study's SmolLM2-135M runs, read from ``bench/results/realmodel_study.json``). Warm starts
+are SFT seeds (synthetic: model seeds); seed 0 of ``rules`` is the demo's shipped warm start.
 
 Writes ``bench/results/allocation_study.{json,md,png}`` (``--tune``: ``allocation_study_tuning.*``;
 ``--map``: ``allocation_map.*``; ``--paper``: ``paper_updates.*``; ``--ablate``: ``allocation_ablation.*``). Run directories go to
@@ -350,41 +352,65 @@ def _first_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float | 
 
 
 # ---------------------------------------------------------------------------------------------
-# the SmolLM2 task: bench/realmodel_curve.py's runs, read here
+# the SmolLM2 task: bench/realmodel_study.py's runs, read here
 # ---------------------------------------------------------------------------------------------
 
 
-#: the study's rules as bench/realmodel_curve.py's arms (RAFT++; the same options as :data:`RULES`)
-SMOLLM2_ARMS = {"uniform": "uniform-RAFT++", "gvm": "GVM-RAFT++", "gvm_robust": "Robust-RAFT++",
-                "knapsack+history": "Knapsack+history", "filter_extremes": "Filter-RAFT++"}
-SMOLLM2_COMMAND = "python bench/realmodel_curve.py --arms " + ",".join(SMOLLM2_ARMS.values()) + " --workers 1"
+#: the study's rules as bench/realmodel_study.py's arms (RAFT++; each rule with the settings its name resolves
+#: to, as here). The real-model study ran no ``filter_extremes`` arm.
+REALMODEL_ARMS = {"uniform": "uniform-RAFT++", "uniform-prompt": "uniform-RAFT++-prompt", "gvm": "GVM-RAFT++",
+                  "gvm_robust": "gvm_robust-RAFT++", "knapsack+history": "knapsack+history-RAFT++"}
 
 
-def _smollm2(runs: Path, rules=RULES) -> dict:
-    """SmolLM2-135M-Instruct + LoRA on two-digit addition/subtraction, RAFT++ (``bench/realmodel_curve.py``
-    runs them, ~10 min each on one core; this only reads them). One starting model (the released
-    weights: there is no SFT seed to vary), the training seeds that every rule finished, paired by seed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("realmodel_curve", ROOT / "bench" / "realmodel_curve.py")
-    rc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rc)
-    rules = [r for r in rules if r[0] in SMOLLM2_ARMS]  # the arms bench/realmodel_curve.py ran
-    labels = [lab for lab, _, _ in rules]
-    done = {lab: {int(d.name[4:]) for d in (runs / SMOLLM2_ARMS[lab]).glob("seed*") if (d / "done.json").exists()}
-            for lab in labels}
-    seeds = sorted(set.intersection(*done.values()))
-    if not seeds:
-        missing = [SMOLLM2_ARMS[lab] for lab in labels if not done[lab]]
-        raise SystemExit(f"allocation_study: no seed finished by every SmolLM2 arm under {runs} (none for "
-                         f"{', '.join(missing) or 'a common seed'}); run `{SMOLLM2_COMMAND} --resume` first")
-    summary = _summarise(runs, rules, {"RAFT++": "raftpp"}, [0], seeds, rc.BUDGET,
-                         run_dir=lambda label, alg, w, s: runs / SMOLLM2_ARMS[label] / f"seed{s}")
-    summary["n_pairs"] = (f"1 starting model x {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; Average@{rc.BASE['eval_samples']} on "
-                          f"{rc.BASE['eval_size']} test prompts at T = 1, top_p {rc.BASE['top_p']}")
-    summary["seeds"] = seeds
-    summary["runs_command"] = SMOLLM2_COMMAND
-    return summary
+def _smollm2(path: Path, rules=RULES) -> dict:
+    """SmolLM2-135M-Instruct + LoRA on two-digit addition, RAFT++: the real-model study's runs
+    (``bench/realmodel_study.py``, ~20 min each on one core), read from its stored results ``path``. One
+    starting model (the released weights: there is no SFT seed to vary), paired by training seed, so SEs
+    are over seeds. Each rule is paired with the uniform arm of its own M-step weighting, as on the other
+    tasks; the tokens-to-target ratio and its interval are the real-model study's own."""
+    if not path.exists():
+        raise SystemExit(f"allocation_study: {path} not found; run `python bench/realmodel_study.py` first")
+    rm = json.loads(path.read_text())
+    arms = {lab: rm["arms"][REALMODEL_ARMS[lab]] for lab, _, _ in rules
+            if lab in REALMODEL_ARMS and REALMODEL_ARMS[lab] in rm["arms"]}
+    missing = [lab for lab in ("uniform", "uniform-prompt") if lab not in arms]
+    if missing:
+        raise SystemExit(f"allocation_study: {path} has no arm for {missing}: the pairs need both uniform arms")
+    seeds = sorted(set.intersection(*(set(a["seeds"]) for a in arms.values())))
+    cluster = np.zeros(len(seeds), dtype=int)  # one starting model: the seeds are the pairs
+    rows = {}
+    for label, arm in arms.items():
+        acc = arm["accounting"]
+        f = np.array([arm["final_acc_per_seed"][str(s)] for s in seeds])
+        reach = arm.get("tokens_to_baseline_final") or {}
+        rows[label] = {"finals": f.tolist(), "start": arm["start_acc"]["mean"], "weighting": arm["weighting"],
+                       "final_mean": float(f.mean()), "final_se": clustered_se(f, cluster),
+                       "pilot_token_share": acc["pilot_tokens"]["mean"] / acc["generated_tokens"]["mean"],
+                       "pilot_sample_share": acc["pilot_samples"]["mean"] / acc["generated_samples"]["mean"],
+                       "samples": acc["generated_samples"]["mean"], "m_steps": acc["m_steps"]["mean"]}
+        if reach:
+            rows[label].update(tokens_to_uniform_final=reach.get("tokens"), token_ratio=reach.get("ratio"),
+                               token_ratio_ci95=reach.get("ratio_ci95"))
+    for label, row in rows.items():
+        f = np.array(row["finals"])
+        d = f - np.array(rows["uniform"]["finals"])
+        row.update(paired_diff=float(d.mean()), paired_se=clustered_se(d, cluster))
+        if label not in UNIFORM_OF.values():
+            base = baseline_of(label, rules)
+            d = f - np.array(rows[base]["finals"])
+            row["vs_uniform_same_weighting"] = {"baseline": base, "mean": float(d.mean()), "se": clustered_se(d, cluster)}
+    w = rows["uniform-prompt"]
+    design = rm["design"]
+    return {"by_algorithm": {"RAFT++": rows},
+            "weighting_only": {"RAFT++": {"comparison": "uniform-prompt minus uniform (tokens): the M-step weighting alone",
+                                          "mean": w["paired_diff"], "se": w["paired_se"]}},
+            "labels": list(rows), "not_run": [lab for lab, _, _ in rules if lab not in rows],
+            "seeds": seeds, "budget_tokens": rm["budget_tokens"],
+            "n_pairs": (f"1 starting model x {len(seeds)} seeds; Average@{design['eval_k']} on {design['eval_prompts']} "
+                        f"held-out prompts at T = 1, top_p {design['top_p']}"),
+            "runs_command": rm["command"], "runs_commit": rm["commit"], "runs_machine": rm.get("cpu", "?"),
+            "provenance": f"the real-model study's runs ({rm['command']}, commit {rm['commit']}), read from "
+                          f"bench/results/{path.name}"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,50 +434,69 @@ def _robust_on_pilot(p, G, budget, **kw):
     return A.gvm_robust(p_hat, G_hat, budget, **{key: v for key, v in kw.items() if key in ("alpha", "beta")})
 
 
+#: the synthetic task's uniform arms: one per M-step weighting (gvm_mini.synthetic.weighted_gradient); the
+#: rules run Lemma 1's, so ``uniform`` (Lemma 1) is their same-weighting baseline and ``uniform-tokens``
+#: (the official code's token mean) the baseline of the "vs token mean" column
+SYNTH_UNIFORM = {"uniform": "lemma1", "uniform-prompt": "prompt", "uniform-tokens": "tokens"}
+
+
 def _synthetic(warm: list[int], seeds: list[int], *, smoke: bool, rules=RULES) -> dict:
     """Each rule on ``make_model(seed=w, p_range=(0.005, 0.9))`` at the regime map's best cell (wide
     spread, eta = 4 gamma), its ``p_i``/``G_i`` estimated from N' = 8 pilots (counted) except uniform's;
     the runs are compared at equal samples drawn: uniform runs until the rule's sample count. Score:
-    ``-L(theta)`` (higher is better), so differences read like the accuracy tasks'."""
+    ``-L(theta)`` (higher is better), so differences read like the accuracy tasks'. The rules' M-step is
+    Lemma 1's (the theorems'); uniform runs under each weighting (:data:`SYNTH_UNIFORM`), so each rule is
+    paired with uniform under Lemma 1 (``vs_uniform_same_weighting``) and with token-mean uniform
+    (``paired_diff``), and the weighting's own effect is uniform (Lemma 1) minus uniform-tokens. SEs are
+    clustered by model (the seeds of one model share it)."""
     from gvm_mini import synthetic as S
 
     T = 2 if smoke else SYNTH["T"]
     out = {}
-    rules = [r for r in rules if r[0] not in UNIFORM_OF.values() or r[0] == "uniform"]  # one M-step here: Lemma 1's
-    for label, allocation, _ in rules:
+    arms = [(lab, "uniform", w) for lab, w in SYNTH_UNIFORM.items()]
+    arms += [(lab, allocation, "lemma1") for lab, allocation, _ in rules if allocation != "uniform"]
+    N = SYNTH["per_prompt"] * SYNTH["m"]
+    # every pilot-based rule spends T E-steps of N k training samples and m N' pilots
+    spent_rule = float(T * (N * SYNTH["k"] + SYNTH["n_pilot"] * SYNTH["m"]))
+    for label, allocation, weighting in arms:
         finals, costs = [], []
         for w in warm:
             model = S.make_model(m=SYNTH["m"], seed=w, p_range=(0.005, 0.9))
             eta = SYNTH["step"] * S.gamma(model)
-            N = SYNTH["per_prompt"] * SYNTH["m"]
             for s in seeds:
-                kw = {} if allocation == "uniform" else {"n_pilot": SYNTH["n_pilot"], "min_per_prompt": 0}
-                rule = _robust_on_pilot if allocation == "gvm_robust" else allocation
-                tr = S.run_em(model, rule, N, T, SYNTH["k"], eta, s, **kw)
-                spent = float(np.sum(tr.samples))
                 if allocation != "uniform":
+                    rule = _robust_on_pilot if allocation == "gvm_robust" else allocation
+                    tr = S.run_em(model, rule, N, T, SYNTH["k"], eta, s, n_pilot=SYNTH["n_pilot"], min_per_prompt=0)
+                    spent = float(np.sum(tr.samples))
+                    assert spent == spent_rule, (label, spent)
                     finals.append(-float(tr.loss[-1]))
                 else:  # uniform read at exactly the samples the pilot-based rules spend (its E-steps are cheaper):
                     # N samples per M-step and no pilot, so its loss after S samples is at M-step S / N (interpolated)
-                    spent = float(T * (N * SYNTH["k"] + SYNTH["n_pilot"] * SYNTH["m"]))
+                    spent = spent_rule
                     T_u = int(np.ceil(spent / (N * SYNTH["k"])))
-                    tr = S.run_em(model, "uniform", N, T_u, SYNTH["k"], eta, s)
+                    tr = S.run_em(model, "uniform", N, T_u, SYNTH["k"], eta, s, weighting=weighting)
                     finals.append(-float(np.interp(spent, N * np.arange(tr.loss.size), tr.loss)))
                 costs.append(spent)
         pilot = 0.0 if allocation == "uniform" else SYNTH["n_pilot"] * SYNTH["m"] / (SYNTH["n_pilot"] * SYNTH["m"] + N * SYNTH["k"])
         out[label] = {"finals": finals, "samples": float(np.mean(costs)), "pilot_sample_share": pilot,
-                      "pilot_token_share": pilot}  # one "token" per sample in the latent model
-    base = np.array(out["uniform"]["finals"])
+                      "pilot_token_share": pilot, "weighting": weighting}  # one "token" per sample in the latent model
+    cluster = np.repeat(np.arange(len(warm)), len(seeds))
+    tokens = np.array(out["uniform-tokens"]["finals"])
     for label, row in out.items():
-        f, d = np.array(row["finals"]), np.array(row["finals"]) - base
-        n = len(f)
-        row.update(final_mean=float(f.mean()), final_se=float(f.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-                   paired_diff=float(d.mean()), paired_se=clustered_se(d, np.repeat(np.arange(len(warm)), len(seeds))),
-                   weighting="lemma1")
-        if label != "uniform":  # every arm runs Lemma 1's M-step: uniform is the same-weighting baseline
-            row["vs_uniform_same_weighting"] = {"baseline": "uniform", "mean": row["paired_diff"], "se": row["paired_se"]}
+        f = np.array(row["finals"])
+        d = f - tokens
+        row.update(final_mean=float(f.mean()), final_se=clustered_se(f, cluster),
+                   paired_diff=float(d.mean()), paired_se=clustered_se(d, cluster))
+        if label not in SYNTH_UNIFORM:  # every rule runs Lemma 1's M-step: uniform (Lemma 1) is its baseline
+            d = f - np.array(out["uniform"]["finals"])
+            row["vs_uniform_same_weighting"] = {"baseline": "uniform", "mean": float(d.mean()),
+                                                "se": clustered_se(d, cluster)}
+    w = out["uniform"]
+    weighting_only = {"comparison": "uniform (Lemma 1's 1/(n_i p_i)) minus uniform-tokens: the M-step weighting alone",
+                      "mean": w["paired_diff"], "se": w["paired_se"]}
     return {"metric": "-L(theta) at equal samples (pilots counted)", "models": list(warm), "seeds": list(seeds),
-            "n_pairs": f"{len(warm)} models x {len(seeds)} seeds", "by_algorithm": {"Lemma-1 SGD": out}}
+            "n_pairs": f"{len(warm)} models x {len(seeds)} seeds", "by_algorithm": {"Lemma-1 SGD": out},
+            "weighting_only": {"Lemma-1 SGD": weighting_only}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,8 +514,10 @@ def _fmt(v, se=None, sign=False) -> str:
 def _table(task: str, summary: dict, n_pairs: str) -> str:
     lines = [f"### {task} ({n_pairs})", ""]
     if summary.get("runs_command"):
-        lines += [f"Runs: `{summary['runs_command']}` ({summary['machine']}), read by `{summary['command']}` at commit "
-                  f"{summary['commit']}.", ""]
+        lines += [f"Runs: `{summary['runs_command']}`"
+                  + (f" at commit {summary['runs_commit']}" if summary.get("runs_commit") else "")
+                  + f" ({summary.get('runs_machine', summary['machine'])}), read by `{summary['command']}` at commit "
+                  f"{summary['commit']}." + (f" Not run there: {', '.join(summary['not_run'])}." if summary.get("not_run") else ""), ""]
     elif summary.get("command"):
         lines += [f"Run by `{summary['command']}` at commit {summary.get('commit', '?')} ({summary.get('machine', '?')})."
                   + (f" Provenance: {summary['provenance']}." if summary.get("provenance") else ""), ""]
@@ -497,15 +544,18 @@ def _table(task: str, summary: dict, n_pairs: str) -> str:
                 reach_s = f"{ratio:.2f}x" if ratio is not None else "n/a"
                 if ci:
                     reach_s += " [" + ", ".join("not reached" if v is None else f"{v:.2f}" for v in ci) + "]"
-            tok = "—" if label == "uniform" else _fmt(r["paired_diff"], r["paired_se"], sign=True)
+            token_base = label == "uniform-tokens" or (label == "uniform" and r.get("weighting", "tokens") == "tokens")
+            tok = "—" if token_base else _fmt(r["paired_diff"], r["paired_se"], sign=True)
+            est = r.get("estimation_wall_share")
             lines.append(f"| {alg} | {label} | {r.get('weighting', 'tokens')} | {_fmt(r['final_mean'], r['final_se'])} | "
                          f"{same_s} | {tok} | {reach_s} | "
                          f"{100 * r.get('pilot_sample_share', 0):.0f}% / {100 * r.get('pilot_token_share', 0):.0f}% | "
-                         f"{100 * r.get('estimation_wall_share', 0):.0f}% |")
+                         + ("n/a" if est is None else f"{100 * est:.0f}%") + " |")
     for alg, w in (summary.get("weighting_only") or {}).items():
         if w:
-            lines.append(f"| {alg} | **weighting only** (uniform-prompt − uniform) | prompt vs tokens | | | "
-                         f"{_fmt(w['mean'], w['se'], sign=True)} | | | |")
+            lemma1 = w.get("comparison", "").startswith("uniform (Lemma 1")
+            lines.append(f"| {alg} | **weighting only** ({'uniform − uniform-tokens' if lemma1 else 'uniform-prompt − uniform'}) | "
+                         f"{'lemma1' if lemma1 else 'prompt'} vs tokens | | | {_fmt(w['mean'], w['se'], sign=True)} | | | |")
     return "\n".join(lines)
 
 
@@ -542,7 +592,7 @@ def _figure(results: dict, path: Path, title: str) -> None:
         ax.set_xlabel("rule − uniform with the same M-step weighting\n("
                       + ("-L(θ)" if task == "synthetic" else "test accuracy") + "; right = better)", fontsize=9)
         ax.set_title(task + (" (tuning task, re-run)" if task == "rules" else " (fresh held-out task)" if task in FRESH_TASKS
-                             else " (re-run)"), fontsize=10)
+                             else f" (real-model study, {len(results['tasks'][task]['seeds'])} seeds)" if task == "smollm2" else " (re-run)"), fontsize=10)
         ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.grid(alpha=0.3, axis="x")
     handles, names = [], []
@@ -589,7 +639,7 @@ def study(args, out: Path, cache: Path) -> dict:
     for task in tasks:
         t0 = time.perf_counter()
         if task == "smollm2":
-            summary = _smollm2(args.smollm2_runs)
+            summary = _smollm2(args.realmodel_study)
         elif task == "synthetic":
             summary = _synthetic(list(range(3)) if not args.smoke else [0], list(range(4)) if not args.smoke else [0, 1],
                                  smoke=args.smoke, rules=rules)
@@ -609,7 +659,10 @@ def study(args, out: Path, cache: Path) -> dict:
                            + ("s" if len(seeds) != 1 else ""))
         if task in FRESH_TASKS:
             summary["held_out"] = "fresh: designed and committed (cb57479) before its first run"
-        elif task != "smollm2":
+        elif task == "smollm2":
+            summary["held_out"] = ("the real-model study: its settings chosen on its own tuning split "
+                                   "(realmodel_study_tuning.md), then run once")
+        else:
             summary["held_out"] = "re-run with the one-factor pairs and the corrected gvm_robust"
         results["tasks"][task] = summary
         _write(results, args, "allocation_study", STUDY_TITLE)
@@ -617,7 +670,8 @@ def study(args, out: Path, cache: Path) -> dict:
 
 
 STUDY_TITLE = ("Each rule minus uniform with the same M-step weighting, at equal generated tokens (pilots counted), "
-               "mean ± SE over (warm start, seed); 'weighting only' is uniform-prompt minus uniform")
+               "mean ± SE over (warm start, seed); 'weighting only' is uniform-prompt minus uniform "
+               "(synthetic: uniform with Lemma 1's weighting minus uniform with the token mean)")
 
 
 def _pairs_label(summary: dict, n_warm: int) -> str:
@@ -644,7 +698,9 @@ def _write(results: dict, args, name: str, title: str) -> None:
                "budget. Each rule is paired (same warm start and seed) with the uniform arm that runs the *same* M-step "
                "weighting (`uniform`: the official code's token mean; `uniform-prompt`: Algorithm 1's 1/|D_i|), so the "
                "difference is the allocation's alone; the difference against token-mean uniform is beside it, and the "
-               "'weighting only' row is uniform-prompt minus uniform. SEs are clustered by warm start. Token ratio: the "
+               "'weighting only' row is uniform-prompt minus uniform (synthetic: every rule runs Lemma 1's 1/(n_i p_i), "
+               "uniform runs under all three weightings, and the row is Lemma 1's minus the token mean). SEs are "
+               "clustered by warm start (synthetic: by model; smollm2: one start, over seeds). Token ratio: the "
                "tokens at which the rule's mean curve first reaches its baseline's final accuracy, divided by the "
                "baseline's own (below 1: fewer tokens; the goal is 2/3), with a 95% bootstrap interval over the "
                "(warm start, seed) pairs; n/a when uniform itself gained less than 0.05 over its start. Pilot share: "
@@ -658,6 +714,7 @@ def _write(results: dict, args, name: str, title: str) -> None:
         n = summary.get("n_pairs") or (_pairs_label(summary, len(results["warm_starts"]))
                                        if task != "synthetic" else "3 models x 4 seeds")
         tag = (" — fresh held-out task, first run" if task in FRESH_TASKS else " — tuning task, re-run" if task == "rules"
+               else " — the real-model study" if task == "smollm2" and _one_factor(summary)
                else " — re-run" if _one_factor(summary) else " — run in the first study")
         md += [_table(task + tag, summary, n), ""]
         mech = _mechanism_table(task, summary) if name == "allocation_study" else ""
@@ -848,8 +905,8 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--replot", action="store_true", help="re-render allocation_study.md/.png from its JSON (no runs)")
     ap.add_argument("--smoke", action="store_true", help="under a minute: one tiny cell of the study, results under --out")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of " + ", ".join([*TASKS, "synthetic", "smollm2"]))
-    ap.add_argument("--smollm2-runs", type=Path, default=ROOT / "runs" / "realmodel_curve",
-                    help="bench/realmodel_curve.py's run directories, read for the smollm2 task")
+    ap.add_argument("--realmodel-study", type=Path, default=RESULTS / "realmodel_study.json",
+                    help="bench/realmodel_study.py's results, read for the smollm2 task")
     ap.add_argument("--warm-starts", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)

@@ -41,7 +41,7 @@ from gvm_mini import allocation as A  # noqa: E402
 from gvm_mini import synthetic as S  # noqa: E402
 from gvm_mini.atomic import atomic_write_text  # noqa: E402
 
-WEIGHTINGS = ("lemma1", "prompt", "tokens")
+WEIGHTINGS = S.WEIGHTINGS
 RULES = ("uniform", "gvm", "acceptance_only", "gvm_robust", "gvm_second_moment", "lemma1_bound", "exact_neyman")
 
 
@@ -86,13 +86,8 @@ def mse(model, n, reps: int, seed: int) -> dict:
     for start in range(0, reps, 5_000):  # the synthetic model's rejection sampling, 5,000 draws at once
         b = min(5_000, reps - start)
         acc = rng.binomial(rng.multinomial(n, P, size=(b, model.m)), model.c)  # (b, m, K) accepted counts
-        A_i = -np.einsum("bik,ikd->bid", acc, sc)  # per prompt: -sum of accepted scores
-        k = acc.sum(axis=2)
-        g = {"lemma1": (A_i * np.where(n > 0, 1.0 / (np.maximum(n, 1) * p), 0.0)[None, :, None]).sum(axis=1) / model.m,
-             "prompt": (A_i * np.where(k > 0, 1.0 / np.maximum(k, 1), 0.0)[:, :, None]).sum(axis=1) / model.m,
-             "tokens": A_i.sum(axis=1) / np.maximum(k.sum(axis=1), 1)[:, None]}
-        for w in WEIGHTINGS:
-            err[w].append(((g[w] - target) ** 2).sum(axis=1))
+        for w in WEIGHTINGS:  # the estimators the M-step can run (gvm_mini.synthetic.weighted_gradient)
+            err[w].append(((S.weighted_gradient(acc, sc, n, p, w) - target) ** 2).sum(axis=1))
     err = {w: np.concatenate(e) for w, e in err.items()}
     return {w: (float(e.mean()), float(e.std(ddof=1) / np.sqrt(reps))) for w, e in err.items()}
 

@@ -18,6 +18,8 @@ G_i (Alg. 2, first moment)/2nd moment  ``E_{Q_i}‖∇‖``, ``E_{Q_i}‖∇‖�
 marginal loss (Eq. 2)                  ``L(θ) = −(1/m) Σ_i ln p_i(θ)``                        :func:`loss`
 E-step bound ``L_t`` (Eq. 3)           ``−(1/m) Σ_i E_{Q_i^t} ln[P(y,z_i|x_i,θ)/Q_i^t(y)]``   :func:`bound_loss`
 Lemma-1 estimator (Eq. 6)              one draw                                               :func:`sample_gradient`
+M-step weightings (Eq. 6, Alg. 1,      ``1/(n_i p_i)``, ``1/|D_i|``, token mean                   :func:`weighted_gradient`
+token mean)
 its exact mean / variance              ``E ĝ``, ``tr Cov ĝ``                                  :func:`estimator_mean`,
                                                                                                :func:`estimator_variance`
 Lemma-1 variance bound                 ``(1/m²) Σ_i E_{Q_i}‖∇‖² / (p_i n_i)``                 :func:`lemma1_bound`
@@ -69,6 +71,8 @@ __all__ = [
     "estimator_variance",
     "lemma1_bound",
     "sample_gradient",
+    "WEIGHTINGS",
+    "weighted_gradient",
     "pilot_estimates",
     "diameters",
     "smoothness",
@@ -349,9 +353,39 @@ def sample_gradient(model: LatentCoTModel, n, theta, theta_old, rng) -> tuple[np
     rng = np.random.default_rng(rng)
     _, acc = _draw(model, n, theta_old, rng)
     p = pass_rates(model, theta_old)
-    wts = np.where(n > 0, 1.0 / (np.maximum(n, 1) * p), 0.0)
-    g = -np.einsum("i,ik,ikd->d", wts, acc, scores(model, theta)) / model.m
+    g = weighted_gradient(acc, scores(model, theta), n, p)
     return g, acc.sum(axis=1)
+
+
+#: the M-step weightings :func:`weighted_gradient` implements (the names of ``Config.prompt_weighting``)
+WEIGHTINGS = ("lemma1", "prompt", "tokens")
+
+
+def weighted_gradient(acc, S, n, p, weighting: str = "lemma1") -> np.ndarray:
+    """The M-step's gradient estimate from the accepted counts ``acc`` (``(..., m, K)``; leading axes are
+    independent draws) and the per-sample gradients ``S = scores(θ)`` (``(m, K, d)``), under one weighting:
+
+    * ``lemma1`` (Eq. 6 with ``1/m``): ``−(1/m) Σ_i (1/(n_i p_i)) Σ_{j∈D_i} ∇ ln P(y_j, z_i|x_i, θ)``, the
+      unbiased estimator of Lemma 1 (``p_i`` the exact pass rate at the sampling point; ``n_i = 0`` adds 0);
+    * ``prompt`` (Algorithm 1's ``1/|D_i|``): ``−(1/m) Σ_i (1/|D_i|) Σ_{j∈D_i} ∇``; a prompt with no
+      accepted sample adds nothing;
+    * ``tokens`` (the official code's token mean, one token per sample): ``−(Σ_i Σ_{j∈D_i} ∇) / Σ_i |D_i|``;
+      0 when nothing was accepted.
+
+    ``prompt`` and ``tokens`` are ratio estimators: biased, and not what Proposition 1 optimises.
+    Returns ``(..., d)``."""
+    acc = np.asarray(acc)
+    m = acc.shape[-2]
+    if weighting == "lemma1":
+        n = np.asarray(n)
+        wts = np.where(n > 0, 1.0 / (np.maximum(n, 1) * np.asarray(p)), 0.0)
+        return -np.einsum("i,...ik,ikd->...d", wts, acc, S) / m
+    k = acc.sum(axis=-1)  # |D_i|
+    if weighting == "prompt":
+        return -np.einsum("...i,...ik,ikd->...d", np.where(k > 0, 1.0 / np.maximum(k, 1), 0.0), acc, S) / m
+    if weighting == "tokens":
+        return -np.einsum("...ik,ikd->...d", acc, S) / np.maximum(k.sum(axis=-1), 1)[..., None]
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 def pilot_estimates(
@@ -416,7 +450,8 @@ class Trajectory:
     (exact ``p_i``, first-moment ``G_i`` at ``θ_old``), ``n`` (T, m) the allocation, ``samples`` (T,)
     drawn per M-step plus pilots; per M-step: ``grad_bound`` (T, k, d) = exact ``∇L_t(θ_{kt+r})``,
     ``variance`` (T, k) = exact ``V(g_{kt+r})``, ``bias_sq`` (T, k) = ``‖E g − ∇L_t‖²`` (0 when every
-    ``n_i ≥ 1``), ``accepted`` (T, k) accepted rationales, ``bound_start`` (T,) = ``L_t(θ_old)``.
+    ``n_i ≥ 1``), ``accepted`` (T, k) accepted rationales, ``bound_start`` (T,) = ``L_t(θ_old)``;
+    ``weighting``: the M-step's estimator (:func:`weighted_gradient`).
     """
 
     rule: str
@@ -438,6 +473,7 @@ class Trajectory:
     variance: np.ndarray
     bias_sq: np.ndarray
     accepted: np.ndarray
+    weighting: str = "lemma1"
 
 
 def run_em(
@@ -456,6 +492,7 @@ def run_em(
     min_per_prompt: int = 1,
     max_per_prompt: int | None = None,
     theta0=None,
+    weighting: str = "lemma1",
 ) -> Trajectory:
     """Algorithm 1 (GVM-EM) on a synthetic model, with the allocation ``rule`` at a fixed ``budget``.
 
@@ -469,6 +506,9 @@ def run_em(
 
     ``min_per_prompt=1`` (default) keeps every prompt in the estimator, so it is unbiased as the
     theorems assume; with 0 a rule may drop prompts and ``bias_sq`` records the bias.
+    ``weighting``: the M-step's estimator (:func:`weighted_gradient`): ``lemma1`` (the theorems'), or
+    ``prompt`` (Algorithm 1's ``1/|D_i|``) or ``tokens`` (the official code's token mean), biased ratio
+    estimators for which ``variance`` and ``bias_sq`` (Lemma 1's exact values) are not defined: NaN.
     ``rule``: a name from ``allocation.RULES`` or a callable with that call shape.
     """
     rule_fn = get_rule(rule) if isinstance(rule, str) else rule
@@ -483,6 +523,8 @@ def run_em(
         raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
     if not np.isfinite(eta) or eta <= 0:
         raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if G_moment not in ("first", "second"):
         raise ValueError(f"G_moment must be 'first' or 'second', got {G_moment!r}")
     if n_pilot is not None and (isinstance(n_pilot, bool) or int(n_pilot) != n_pilot or n_pilot < 1):
@@ -521,7 +563,6 @@ def run_em(
         p_old, Q_old = p, posterior(model, theta_old)
         P_old = probs(model, theta_old)
         keep = (n > 0)[:, None]
-        wts = np.where(n > 0, 1.0 / (np.maximum(n, 1) * p_old), 0.0)
         for r in range(k):
             # exact quantities at the current θ (same formulas as grad_bound_loss, estimator_mean,
             # estimator_variance; inlined so that Q, p at θ_old are computed once per E-step)
@@ -533,16 +574,19 @@ def run_em(
             pos = n > 0
             var[t, r] = float(((sec[pos] / p_old[pos] - (mu[pos] ** 2).sum(axis=1)) / n[pos]).sum() / m**2)
             bias[t, r] = float(((-(mu * keep).sum(axis=0) / m - gL) ** 2).sum())
-            # one Lemma-1 draw: real rejection sampling from P(.|θ_old), gradients at θ
+            # one draw: real rejection sampling from P(.|θ_old), gradients at θ, the run's weighting
             acc = rng.binomial(rng.multinomial(n, P_old), model.c)
-            g = -np.einsum("i,ik,ikd->d", wts, acc, S) / m
+            g = weighted_gradient(acc, S, n, p_old, weighting)
             acc_tot[t, r] = int(acc.sum())
             theta = theta - eta * g
             thetas[t * k + r + 1] = theta
             losses[t * k + r + 1] = loss(model, theta)
 
+    if weighting != "lemma1":  # Lemma 1's exact variance and bias describe another estimator
+        var[:], bias[:] = np.nan, np.nan
     return Trajectory(
         rule=rule_name, budget=int(budget), T=T, k=k, eta=float(eta), gamma=gamma(model),
         seed=int(seed), theta=thetas, loss=losses, p=P_used, G=G_used, p_exact=P_ex, G_exact=G_ex,
         n=N, samples=samples, grad_bound=grads, variance=var, bias_sq=bias, accepted=acc_tot,
+        weighting=weighting,
     )

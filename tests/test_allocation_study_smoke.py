@@ -38,7 +38,14 @@ def test_study_smoke(tmp_path):
         last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
         assert 4_000 <= last["tokens"] < 8_000, (run.name, last["tokens"])
     synth = res["tasks"]["synthetic"]["by_algorithm"]["Lemma-1 SGD"]
-    assert synth["uniform"]["paired_diff"] == 0.0 and len(synth["gvm_robust"]["finals"]) == 2
+    assert synth["uniform-tokens"]["paired_diff"] == 0.0 and len(synth["gvm_robust"]["finals"]) == 2
+    # uniform under each M-step weighting; the rules run Lemma 1's and are paired with uniform under it
+    assert {synth[f"uniform{x}"]["weighting"] for x in ("", "-prompt", "-tokens")} == {"lemma1", "prompt", "tokens"}
+    robust, lemma1 = np.array(synth["gvm_robust"]["finals"]), np.array(synth["uniform"]["finals"])
+    assert synth["gvm_robust"]["vs_uniform_same_weighting"]["mean"] == pytest.approx((robust - lemma1).mean(), abs=1e-12)
+    w = res["tasks"]["synthetic"]["weighting_only"]["Lemma-1 SGD"]
+    assert w["mean"] == pytest.approx(synth["uniform"]["final_mean"] - synth["uniform-tokens"]["final_mean"], abs=1e-12)
+    assert len({tuple(synth[f"uniform{x}"]["finals"]) for x in ("", "-prompt", "-tokens")}) == 3  # three different runs
     # N' = 8 pilots for 8 prompts against 4 x 8 x 5 training samples per E-step: 64 / 224
     assert synth["gvm_robust"]["pilot_sample_share"] == pytest.approx(64 / 224)
     md = (out / "allocation_study.md").read_text()
@@ -61,49 +68,74 @@ def test_demo_robust_arm_uses_the_preregistered_settings():
     assert {k: getattr(cfg, k) for k in ROBUST_OPTIONS} == ROBUST_OPTIONS
 
 
-def _fake_run(d: Path, final: float, pilot: int) -> None:
-    d.mkdir(parents=True)
-    recs = [{"kind": "eval", "tokens": 0, "avg_at_k": 0.1},
-            {"kind": "eval", "tokens": 6000, "avg_at_k": final},
-            {"kind": "iteration", "tokens": 6000, "pilot_tokens": pilot,
-             "wall": {"pilot": 1.0, "gradnorm": 1.0, "allocate": 0.0, "rollout": 5.0, "update": 3.0}}]
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (d / "done.json").write_text("{}")
-
-
-def test_smollm2_task_pairs_realmodel_runs_by_seed(tmp_path):
-    """The SmolLM2 task reads bench/realmodel_curve.py's run directories: finals at the 5,500-token budget
-    (interpolated between evaluations), paired by seed, only over seeds every rule finished."""
+def _study_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("allocation_study", ROOT / "bench" / "allocation_study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    finals = {"uniform": (0.7, 0.4), "gvm": (0.58, 0.4), "gvm_robust": (0.7, 0.46),
-              "knapsack+history": (0.7, 0.4), "filter_extremes": (0.1, 0.1)}
-    for rule, arm in study.SMOLLM2_ARMS.items():
-        for s, f in enumerate(finals[rule]):
-            _fake_run(tmp_path / arm / f"seed{s}", f, 0 if rule == "uniform" else 1500)
-    _fake_run(tmp_path / "uniform-RAFT++" / "seed2", 0.9, 0)  # a seed only uniform finished: not paired
-    res = study._smollm2(tmp_path)
-    assert res["seeds"] == [0, 1]
-    rows = res["by_algorithm"]["RAFT++"]
-    at_budget = lambda f: 0.1 + (f - 0.1) * 5500 / 6000  # noqa: E731  (linear between the two evaluations)
-    assert np.allclose(rows["uniform"]["finals"], [at_budget(0.7), at_budget(0.4)], rtol=0, atol=1e-12)
-    assert abs(rows["gvm"]["paired_diff"] - (-0.12 * 5500 / 6000) / 2) < 1e-12
-    assert abs(rows["gvm_robust"]["paired_diff"] - (0.06 * 5500 / 6000) / 2) < 1e-12
-    assert abs(rows["knapsack+history"]["paired_diff"]) < 1e-12
-    assert rows["gvm"]["pilot_token_share"] == 0.25  # 1,500 of 6,000 tokens
-    assert "2 seeds" in res["n_pairs"]
-    import shutil
+    return study
 
-    shutil.rmtree(tmp_path / "Filter-RAFT++")
-    try:
-        study._smollm2(tmp_path)
-    except SystemExit as e:
-        assert "Filter-RAFT++" in str(e) and "--resume" in str(e)
-    else:
-        raise AssertionError("a rule with no finished run must stop the task with a message")
+
+def _rm_arm(finals: dict, weighting: str, pilot_tokens: float = 0.0) -> dict:
+    acc = {"generated_tokens": {"mean": 16_000.0}, "pilot_tokens": {"mean": pilot_tokens},
+           "generated_samples": {"mean": 1_000.0}, "pilot_samples": {"mean": pilot_tokens / 16}, "m_steps": {"mean": 10.0}}
+    return {"seeds": sorted(int(s) for s in finals), "final_acc_per_seed": finals, "start_acc": {"mean": 0.2},
+            "weighting": weighting, "accounting": acc, "tokens_to_baseline_final": None}
+
+
+def test_smollm2_task_pairs_the_realmodel_study_by_seed_and_weighting(tmp_path):
+    """The SmolLM2 task reads bench/realmodel_study.py's stored results: per-seed finals, each rule paired with
+    the uniform arm of its own weighting over the seeds every arm ran, the weighting alone as its own row.
+    By hand (seeds 0, 1; seed 2 only in uniform's arm, so not paired): uniform 0.6, 0.7; uniform-prompt 0.65,
+    0.7 -> weighting +0.025 (SE over seeds 0.025); gvm 0.5, 0.7 -> -0.05 +- 0.05 against uniform;
+    gvm_robust 0.65, 0.8 -> +0.05 +- 0.05 against uniform-prompt, +0.075 +- 0.025 against token-mean uniform."""
+    study = _study_module()
+    arms = {"uniform-RAFT++": _rm_arm({"0": 0.6, "1": 0.7, "2": 0.9}, "tokens"),
+            "uniform-RAFT++-prompt": _rm_arm({"0": 0.65, "1": 0.7}, "prompt"),
+            "GVM-RAFT++": _rm_arm({"0": 0.5, "1": 0.7}, "tokens", 4_000.0),
+            "gvm_robust-RAFT++": _rm_arm({"0": 0.65, "1": 0.8}, "prompt", 2_000.0)}
+    path = tmp_path / "realmodel_study.json"
+    path.write_text(json.dumps({"arms": arms, "budget_tokens": 16_000, "command": "python bench/realmodel_study.py",
+                                "commit": "abc1234", "cpu": "some CPU",
+                                "design": {"eval_k": 2, "eval_prompts": 256, "top_p": 0.9}}))
+    res = study._smollm2(path)
+    rows = res["by_algorithm"]["RAFT++"]
+    assert res["seeds"] == [0, 1] and res["not_run"] == ["knapsack+history", "filter_extremes"]
+    assert rows["uniform"]["finals"] == [0.6, 0.7]
+    w = res["weighting_only"]["RAFT++"]
+    assert w["mean"] == pytest.approx(0.025) and w["se"] == pytest.approx(0.025)
+    assert rows["gvm"]["vs_uniform_same_weighting"]["baseline"] == "uniform"
+    assert rows["gvm"]["vs_uniform_same_weighting"]["mean"] == pytest.approx(-0.05)
+    assert rows["gvm"]["vs_uniform_same_weighting"]["se"] == pytest.approx(0.05)
+    robust = rows["gvm_robust"]
+    assert robust["vs_uniform_same_weighting"]["baseline"] == "uniform-prompt"
+    assert robust["vs_uniform_same_weighting"]["mean"] == pytest.approx(0.05)
+    assert robust["vs_uniform_same_weighting"]["se"] == pytest.approx(0.05)
+    assert robust["paired_diff"] == pytest.approx(0.075) and robust["paired_se"] == pytest.approx(0.025)
+    assert rows["gvm"]["pilot_token_share"] == 0.25  # 4,000 of 16,000 tokens
+    assert "2 seeds" in res["n_pairs"] and "abc1234" in res["provenance"]
+    del arms["uniform-RAFT++-prompt"]
+    path.write_text(json.dumps({"arms": arms, "budget_tokens": 16_000, "command": "x", "commit": "y",
+                                "design": {"eval_k": 2, "eval_prompts": 256, "top_p": 0.9}}))
+    with pytest.raises(SystemExit, match="uniform-prompt"):
+        study._smollm2(path)
+    with pytest.raises(SystemExit, match="realmodel_study.py"):
+        study._smollm2(tmp_path / "missing.json")
+
+
+def test_stored_smollm2_row_matches_the_realmodel_study():
+    """allocation_study.json's smollm2 task is the real-model study's pairs, re-derived: same means and SEs."""
+    stored = json.loads((ROOT / "bench" / "results" / "allocation_study.json").read_text())["tasks"]["smollm2"]
+    rm = json.loads((ROOT / "bench" / "results" / "realmodel_study.json").read_text())["arms"]
+    study = _study_module()
+    for label, arm in study.REALMODEL_ARMS.items():
+        row = stored["by_algorithm"]["RAFT++"][label]
+        if "vs_uniform_same_weighting" in row:
+            for key in ("mean", "se"):
+                assert row["vs_uniform_same_weighting"][key] == pytest.approx(rm[arm]["vs_uniform_same_weighting"][key], abs=1e-12)
+    w = stored["weighting_only"]["RAFT++"]
+    assert w["mean"] == pytest.approx(rm["uniform-RAFT++-prompt"]["vs_uniform_tokens"]["mean"], abs=1e-12)
 
 
 def test_passes_counts_prompt_visits_per_run_and_prompt():

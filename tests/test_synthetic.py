@@ -50,6 +50,46 @@ def test_tiny_model_by_hand():
     assert S.smoothness(mod) == pytest.approx(1.0) and S.gamma(mod) == pytest.approx(1.0)
 
 
+def test_weighted_gradient_by_hand():
+    """The three M-step weightings on the tiny model at θ = 0 (scores (−1/2, 1/2) and (−1, 1), p = (1/2, 3/8)),
+    n = (2, 4), two draws. Draw 1 accepts (0, 2) and (1, 2): per-prompt score sums 1 and 1.
+    lemma1: −(1/2)[1/(2·1/2)·1 + 1/(4·3/8)·1] = −5/6; prompt: −(1/2)[1/2 + 1/3] = −5/12; tokens: −2/5.
+    Draw 2 accepts nothing for prompt 0 and (1, 0) for prompt 1 (score sum −1):
+    lemma1: −(1/2)(2/3)(−1) = 1/3; prompt: −(1/2)(−1) = 1/2; tokens: −(−1)/1 = 1."""
+    mod = tiny()
+    sc = S.scores(mod, np.zeros(1))
+    acc = np.array([[[0, 2], [1, 2]], [[0, 0], [1, 0]]])
+    n, p = np.array([2, 4]), S.pass_rates(mod, np.zeros(1))
+    want = {"lemma1": (-5 / 6, 1 / 3), "prompt": (-5 / 12, 1 / 2), "tokens": (-2 / 5, 1.0)}
+    for w, (g1, g2) in want.items():
+        np.testing.assert_allclose(S.weighted_gradient(acc, sc, n, p, w)[:, 0], [g1, g2], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(S.weighted_gradient(acc[1], sc, n, p, w), [g2], rtol=0, atol=1e-15)  # one draw
+    assert S.weighted_gradient(np.zeros((2, 2), int), sc, n, p, "tokens")[0] == 0.0  # nothing accepted: no step
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        S.weighted_gradient(acc, sc, n, p, "token")
+
+
+def test_run_em_steps_with_its_weighting():
+    """One E-step, one M-step: θ_1 = θ_0 − η ĝ with ĝ the run's weighting applied to the draw the run made
+    (replayed from its seed); the weightings share that draw and differ only in the step. Lemma 1's exact
+    variance is recorded only for its own estimator."""
+    mod = S.make_model(6, 5, 3, seed=8)
+    n = A.uniform(S.pass_rates(mod, mod.theta0), np.ones(6), 30)
+    rng = np.random.default_rng(4)
+    acc = rng.binomial(rng.multinomial(n, S.probs(mod, mod.theta0)), mod.c)
+    steps = {}
+    for w in S.WEIGHTINGS:
+        tr = S.run_em(mod, "uniform", 30, T=1, k=1, eta=0.3, seed=4, weighting=w)
+        g = S.weighted_gradient(acc, S.scores(mod, mod.theta0), n, S.pass_rates(mod, mod.theta0), w)
+        np.testing.assert_allclose(tr.theta[1], mod.theta0 - 0.3 * g, rtol=0, atol=1e-14)
+        assert tr.weighting == w and tr.accepted[0, 0] == acc.sum()
+        assert np.isfinite(tr.variance).all() == (w == "lemma1")
+        steps[w] = tr.theta[1]
+    assert not np.allclose(steps["lemma1"], steps["tokens"]) and not np.allclose(steps["prompt"], steps["tokens"])
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        S.run_em(mod, "uniform", 30, T=1, k=1, eta=0.3, seed=4, weighting="mean")
+
+
 def test_smoothness_constant_is_attained_by_two_point_policy():
     # Hessian of −ln P(y|x,θ) is Var_P(phi); for prompt 1 at θ = 0 it is Var of {0, 2} = 1 = D²/4
     mod = tiny()
