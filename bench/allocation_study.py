@@ -578,21 +578,29 @@ def _figure(results: dict, path: Path, title: str) -> None:
         by = results["tasks"][task]["by_algorithm"]
         labels = [lab for lab, _, _ in RULES if lab != "uniform" and all(lab in rows for rows in by.values())]
 
-        diff = _same_or_tokens  # the one-factor pair where the task has it (the weighting-only row: vs uniform-tokens)
+        wo = results["tasks"][task].get("weighting_only") or {}
+        lemma1 = any(w and w.get("comparison", "").startswith("uniform (Lemma 1") for w in wo.values())
+
+        def diff(alg, lab, rows=None):
+            """The one-factor pair where the task has it; the weighting-only row is the task's own."""
+            if lab == "uniform-prompt" and wo.get(alg):
+                return wo[alg]["mean"], wo[alg]["se"]
+            return _same_or_tokens(rows[lab])
 
         for j, (alg, rows) in enumerate(by.items()):
             y = np.arange(len(labels)) + (j - (len(by) - 1) / 2) * 0.25
-            ax.errorbar([diff(rows[lab])[0] for lab in labels], y,
-                        xerr=[diff(rows[lab])[1] or 0 for lab in labels], fmt="o", color=colors.get(alg, "k"),
+            d = [diff(alg, lab, rows) for lab in labels]
+            ax.errorbar([v for v, _ in d], y, xerr=[se or 0 for _, se in d], fmt="o", color=colors.get(alg, "k"),
                         capsize=3, label=alg)
         ax.axvline(0, color="gray", lw=1)
-        ax.set_yticks(np.arange(len(labels)), [("weighting only\n(uniform-prompt)" if lab == "uniform-prompt" else lab)
-                                               for lab in labels])
+        wlab = "weighting only\n(Lemma 1's − tokens)" if lemma1 else "weighting only\n(uniform-prompt)"
+        ax.set_yticks(np.arange(len(labels)), [(wlab if lab == "uniform-prompt" else lab) for lab in labels])
         ax.invert_yaxis()
         ax.set_xlabel("rule − uniform with the same M-step weighting\n("
                       + ("-L(θ)" if task == "synthetic" else "test accuracy") + "; right = better)", fontsize=9)
         ax.set_title(task + (" (tuning task, re-run)" if task == "rules" else " (fresh held-out task)" if task in FRESH_TASKS
-                             else f" (real-model study, {len(results['tasks'][task]['seeds'])} seeds)" if task == "smollm2" else " (re-run)"), fontsize=10)
+                             else f" (real-model study, {len(results['tasks'][task]['seeds'])} seeds; "
+                             + ", ".join(results["tasks"][task].get("not_run", [])) + " not run)" if task == "smollm2" else " (re-run)"), fontsize=10)
         ax.xaxis.set_major_locator(plt.MaxNLocator(4))
         ax.grid(alpha=0.3, axis="x")
     handles, names = [], []
