@@ -564,7 +564,8 @@ def wonly(task: str, alg: str, key: str) -> Callable:
 
 
 STUDY2_TASKS = {"rules (tuning), re-run": "rules", "rules-flat (fresh)": "rules-flat", "rules-within (fresh)": "rules-within",
-                "chains, re-run": "chains", "rules-extremes, re-run": "rules-extremes", "synthetic (-L), re-run": "synthetic"}
+                "chains, re-run": "chains", "rules-extremes, re-run": "rules-extremes", "synthetic (-L), re-run": "synthetic",
+                "smollm2 (real model)": "smollm2"}
 
 
 def _study2_rows() -> list[Quote]:
@@ -577,16 +578,14 @@ def _study2_rows() -> list[Quote]:
             if not line.startswith(f"| {label} |"):
                 continue
             alg = line.split("|")[2].strip()
-            syn = task == "synthetic"
-            cols = [study(task, alg, "uniform", "final_mean"),
-                    None if syn else (wonly(task, alg, "mean"), wonly(task, alg, "se")),
+            cols = [study(task, alg, "uniform", "final_mean"), (wonly(task, alg, "mean"), wonly(task, alg, "se")),
                     (same(task, alg, "gvm", "mean"), same(task, alg, "gvm", "se")),
                     (same(task, alg, "gvm_robust", "mean"), same(task, alg, "gvm_robust", "se")),
                     (study(task, alg, "gvm_robust", "paired_diff"), study(task, alg, "gvm_robust", "paired_se")),
                     (same(task, alg, "knapsack+history", "mean"), same(task, alg, "knapsack+history", "se")),
-                    (same(task, alg, "filter_extremes", "mean"), same(task, alg, "filter_extremes", "se"))]
+                    None if task == "smollm2" else (same(task, alg, "filter_extremes", "mean"), same(task, alg, "filter_extremes", "se"))]
             out += row(BENCH, line, "study2", signed(line, cols, labels=2), labels=2)
-    assert len(out) >= 10 * 7, "the one-factor table's rows were not found in bench/README.md"
+    assert len(out) >= 12 * 7, "the one-factor table's rows were not found in bench/README.md"
     return out
 
 
@@ -1255,11 +1254,13 @@ QUOTES: list[Quote] = [
     *q(BENCH, "against LoRA's 2,445-{2,752} MiB", "rmstudy", lambda d: max(d["arms"]["uniform-RAFT++"]["runs"][k]["peak_rss_mib"] for k in "012"), 0),
     *q(BENCH, "so their {12}-14 tokens/s", "rmstudy", lambda d: min(d["arms"]["uniform-RAFT++-QLoRA"]["runs"][k]["sampling_tokens_per_s"] for k in "01"), 0),
     *q(BENCH, "so their 12-{14} tokens/s", "rmstudy", lambda d: max(d["arms"]["uniform-RAFT++-QLoRA"]["runs"][k]["sampling_tokens_per_s"] for k in "01"), 0),
-    *q(R, "weighting (the paper's -{0.067} ± 0.035,", "rmstudy", _neg(rms("GVM-RAFT++", "vs_uniform_same_weighting", "mean")), 3),
-    *q(R, "weighting (the paper's -0.067 ± {0.035},", "rmstudy", rms("GVM-RAFT++", "vs_uniform_same_weighting", "se"), 3),
-    *q(R, "`gvm_robust` -{0.048} ± 0.006); a 0.05", "rmstudy", _neg(rms("gvm_robust-RAFT++", "vs_uniform_same_weighting", "mean")), 3),
-    *q(R, "`gvm_robust` -0.048 ± {0.006}); a 0.05", "rmstudy", rms("gvm_robust-RAFT++", "vs_uniform_same_weighting", "se"), 3),
-    *q(R, "256 held-out prompts, {5} seeds): each rule", "rmstudy", lambda d: min(len(a["seeds"]) for k, a in d["arms"].items() if not k.endswith("QLoRA")), 0),
+    *q(R, "(real model\n  -{0.067} ± 0.035)", "rmstudy", _neg(rms("GVM-RAFT++", "vs_uniform_same_weighting", "mean")), 3),
+    *q(R, "(real model\n  -0.067 ± {0.035})", "rmstudy", rms("GVM-RAFT++", "vs_uniform_same_weighting", "se"), 3),
+    *q(R, "-{0.048} ± 0.006 on the real one", "rmstudy", _neg(rms("gvm_robust-RAFT++", "vs_uniform_same_weighting", "mean")), 3),
+    *q(R, "-0.048 ± {0.006} on the real one", "rmstudy", rms("gvm_robust-RAFT++", "vs_uniform_same_weighting", "se"), 3),
+    *q(R, "(real model\n  +{0.018} ± 0.028)", "rmstudy", rms("uniform-RAFT++-prompt", "vs_uniform_tokens", "mean"), 3),
+    *q(R, "(real model\n  +0.018 ± {0.028})", "rmstudy", rms("uniform-RAFT++-prompt", "vs_uniform_tokens", "se"), 3),
+    *q(R, "256 held-out prompts, {5} seeds). `gvm_robust`", "rmstudy", lambda d: min(len(a["seeds"]) for k, a in d["arms"].items() if not k.endswith("QLoRA")), 0),
     *q(BENCH, "seeds agree**: {0.185} → 0.662", "rmstudy", rms("uniform-RAFT++", "start_acc", "mean"), 3),
     *q(BENCH, "seeds agree**: 0.185 → {0.662}", "rmstudy", rms("uniform-RAFT++", "final_acc", "mean"), 3),
     *q(BENCH, "seeds ending between {0.627} and 0.689", "rmstudy", lambda d: min(d["arms"]["uniform-RAFT++"]["final_acc_per_seed"].values()), 3),
@@ -1309,6 +1310,10 @@ QUOTES: list[Quote] = [
     *q(NB04, "M-steps ({10.2} against 19.0)", "rmstudy", rms("GVM-RAFT++", "accounting", "m_steps", "mean"), 1),
     *q(NB04, "after its 9th M-step ({0.703})", "rmstudy", _uniform_after_9_msteps, 3),
     *q(NB04, "weighting on its\nown is +{0.018} ± 0.028", "rmstudy", rms("uniform-RAFT++-prompt", "vs_uniform_tokens", "mean"), 3),
+    *q(NB04, "On the real model it is +{0.018} ± 0.028", "study2", wonly("smollm2", "RAFT++", "mean"), 3),
+    *q(NB04, "On the real model it is +0.018 ± {0.028}", "study2", wonly("smollm2", "RAFT++", "se"), 3),
+    *q(NB04, "the token mean is +{0.001} ± 0.036: neither", "study2", wonly("synthetic", "Lemma-1 SGD", "mean"), 3),
+    *q(NB04, "the token mean is +0.001 ± {0.036}: neither", "study2", wonly("synthetic", "Lemma-1 SGD", "se"), 3),
     *q(BENCH, "(best: rules-within RAFT++ at {0.88}x,", "study2", study("rules-within", "RAFT++", "gvm_robust", "token_ratio"), 2),
     *q(BENCH, "95% interval {0.82}x to 0.95x;", "study2",
        lambda d: d["tasks"]["rules-within"]["by_algorithm"]["RAFT++"]["gvm_robust"]["token_ratio_ci95"][0], 2),
@@ -1321,6 +1326,29 @@ QUOTES: list[Quote] = [
     *q(BENCH, "rules-extremes (-{0.004} ± 0.001, -4 SE)", "study2", _neg(same("rules-extremes", "GRPO", "gvm_robust", "mean")), 3),
     *q(BENCH, "rules-extremes (-0.004 ± 0.001, -{4} SE)", "study2",
        lambda d: -same("rules-extremes", "GRPO", "gvm_robust", "mean")(d) / same("rules-extremes", "GRPO", "gvm_robust", "se")(d), 0),
+    *q(BENCH, "+{0.037} ± 0.040 on the exact models and", "study2", same("synthetic", "Lemma-1 SGD", "gvm_robust", "mean"), 3),
+    *q(BENCH, "+0.037 ± {0.040} on the exact models and", "study2", same("synthetic", "Lemma-1 SGD", "gvm_robust", "se"), 3),
+    *q(BENCH, "-{0.048} ± 0.006 on the real model. Against", "study2", _neg(same("smollm2", "RAFT++", "gvm_robust", "mean")), 3),
+    *q(BENCH, "-0.048 ± {0.006} on the real model. Against", "study2", same("smollm2", "RAFT++", "gvm_robust", "se"), 3),
+    *q(BENCH, "was met on {8} of 12 rows", "study2",
+       lambda d: sum(r["gvm_robust"]["vs_uniform_same_weighting"]["mean"] >= -r["gvm_robust"]["vs_uniform_same_weighting"]["se"]
+                     for t in d["tasks"].values() for r in t["by_algorithm"].values()
+                     if "vs_uniform_same_weighting" in r.get("gvm_robust", {})), 0),
+    *q(BENCH, "was met on 8 of {12} rows", "study2",
+       lambda d: sum("vs_uniform_same_weighting" in r.get("gvm_robust", {}) for t in d["tasks"].values()
+                     for r in t["by_algorithm"].values()), 0),
+    *q(BENCH, "and on the real model (-{8} SE,", "study2",
+       lambda d: -same("smollm2", "RAFT++", "gvm_robust", "mean")(d) / same("smollm2", "RAFT++", "gvm_robust", "se")(d), 0),
+    *q(BENCH, "on the real model +{0.018} ± 0.028. With GRPO", "study2", wonly("smollm2", "RAFT++", "mean"), 3),
+    *q(BENCH, "on the real model +0.018 ± {0.028}. With GRPO", "study2", wonly("smollm2", "RAFT++", "se"), 3),
+    *q(BENCH, "1/(n_i p_i) (+{0.001} ± 0.036) nor", "study2", wonly("synthetic", "Lemma-1 SGD", "mean"), 3),
+    *q(BENCH, "1/(n_i p_i) (+0.001 ± {0.036}) nor", "study2", wonly("synthetic", "Lemma-1 SGD", "se"), 3),
+    *q(BENCH, "nor 1/|D_i| (+{0.009} ± 0.012)", "study2", study("synthetic", "Lemma-1 SGD", "uniform-prompt", "paired_diff"), 3),
+    *q(BENCH, "nor 1/|D_i| (+0.009 ± {0.012})", "study2", study("synthetic", "Lemma-1 SGD", "uniform-prompt", "paired_se"), 3),
+    *q(BENCH, "(1/|D_i|\nminus the token mean: +{0.009} ± 0.012)", "study2", study("synthetic", "Lemma-1 SGD", "uniform-prompt", "paired_diff"), 3),
+    *q(BENCH, "(1/|D_i|\nminus the token mean: +0.009 ± {0.012})", "study2", study("synthetic", "Lemma-1 SGD", "uniform-prompt", "paired_se"), 3),
+    *q(BENCH, "model the paper's rule is -{0.067} ± 0.035.", "study2", _neg(same("smollm2", "RAFT++", "gvm", "mean")), 3),
+    *q(BENCH, "model the paper's rule is -0.067 ± {0.035}.", "study2", same("smollm2", "RAFT++", "gvm", "se"), 3),
     *q(BENCH, "-{0.005} ± 0.004 (chains)", "study2", _neg(wonly("chains", "RAFT++", "mean")), 3),
     *q(BENCH, "-{0.010} ± 0.003 (rules-extremes)", "study2", _neg(wonly("rules-extremes", "RAFT++", "mean")), 3),
     *q(BENCH, "is -{0.016} ± 0.007 against\n  token-mean uniform now", "study2",
@@ -1357,17 +1385,23 @@ QUOTES: list[Quote] = [
        lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["H"]["mean_n"], 1),
     # ---- README.md: the demo's Robust arms taken apart, the one-factor study, the map
     *q(R, "allocation alone: -{0.015} ± 0.005 to +0.010 ± 0.009", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
-    *q(R, "-0.015 ± 0.005 to +{0.010} ± 0.009, above", "study2", same("chains", "RAFT++", "gvm_robust", "mean"), 3),
-    *q(R, "-0.015 ± 0.005 to +0.010 ± {0.009}, above", "study2", same("chains", "RAFT++", "gvm_robust", "se"), 3),
-    *q(R, "above -1 SE on {8} of 11 rows", "study2",
+    *q(R, "-0.015 ± 0.005\n  to +{0.010} ± 0.009 on the small", "study2", same("chains", "RAFT++", "gvm_robust", "mean"), 3),
+    *q(R, "-0.015 ± 0.005\n  to +0.010 ± {0.009} on the small", "study2", same("chains", "RAFT++", "gvm_robust", "se"), 3),
+    *q(R, "above -1 SE on 8 of {12} rows", "study2",
+       lambda d: sum("vs_uniform_same_weighting" in r.get("gvm_robust", {}) for t in d["tasks"].values()
+                     for r in t["by_algorithm"].values()), 0),
+    *q(R, "-0.109 on 10 of {11} rows", "study2",
+       lambda d: sum("vs_uniform_same_weighting" in r.get("gvm", {}) for k, t in d["tasks"].items() if k != "synthetic"
+                     for r in t["by_algorithm"].values()), 0),
+    *q(R, "above -1 SE on {8} of 12 rows", "study2",
        lambda d: sum(r["gvm_robust"]["vs_uniform_same_weighting"]["mean"] >= -r["gvm_robust"]["vs_uniform_same_weighting"]["se"]
                      for t in d["tasks"].values() for r in t["by_algorithm"].values()
                      if "vs_uniform_same_weighting" in r.get("gvm_robust", {})), 0),
     *q(R, "weighting alone: -{0.018} to -0.004 with RAFT++", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
     *q(R, "weighting alone: -0.018 to -{0.004} with RAFT++", "study2", _neg(wonly("rules-within", "RAFT++", "mean")), 3),
-    *q(R, "rule: -{0.020} to -0.109 on 9 of 10 rows", "study2", _neg(same("chains", "GRPO", "gvm", "mean")), 3),
-    *q(R, "rule: -0.020 to -{0.109} on 9 of 10 rows", "study2", _neg(same("rules", "RAFT++", "gvm", "mean")), 3),
-    *q(R, "rule: -0.020 to -0.109 on {9} of 10 rows", "study2",
+    *q(R, "rule: -{0.020} to -0.109 on 10 of 11 rows", "study2", _neg(same("chains", "GRPO", "gvm", "mean")), 3),
+    *q(R, "rule: -0.020 to -{0.109} on 10 of 11 rows", "study2", _neg(same("rules", "RAFT++", "gvm", "mean")), 3),
+    *q(R, "rule: -0.020 to -0.109 on {10} of 11 rows", "study2",
        lambda d: sum(r["gvm"]["vs_uniform_same_weighting"]["mean"] < 0 for k, t in d["tasks"].items() if k != "synthetic"
                      for r in t["by_algorithm"].values() if "vs_uniform_same_weighting" in r.get("gvm", {})), 0),
     *q(R, "the paper's rule +{0.050} ± 0.024\n  over uniform, 3 seeds", "map", _map_same("6/8 extreme, ~12 epochs", "gvm", "mean"), 3),
