@@ -1224,6 +1224,9 @@ QUOTES: list[Quote] = [
     # ---- theory/gvm_robust.md §5: the re-run on the tuning task
     *q("theory/gvm_robust.md", "the allocation alone gives +{0.003} ± 0.005 with RAFT++", "study2", same("rules", "RAFT++", "gvm_robust", "mean"), 3),
     *q("theory/gvm_robust.md", "and -{0.015} ± 0.005 with GRPO, and the", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
+    *q(THEORY_ROBUST, "it costs\n-{0.048} ± 0.006, every seed below", "study2", _neg(same("smollm2", "RAFT++", "gvm_robust", "mean")), 3),
+    *q(THEORY_ROBUST, "it costs\n-0.048 ± {0.006}, every seed below", "study2", same("smollm2", "RAFT++", "gvm_robust", "se"), 3),
+    *q(THEORY_ROBUST, "(SmolLM2-135M + LoRA, {5} seeds", "study2", lambda d: len(d["tasks"]["smollm2"]["seeds"]), 0),
     *q("theory/gvm_robust.md", "weighting alone -{0.018} with RAFT++", "study2", _neg(wonly("rules", "RAFT++", "mean")), 3),
     # ---- bench/README.md: the study re-run with one-factor pairs (allocation_study.json)
     *_study2_rows(),
