@@ -297,7 +297,9 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
     for ax, f in zip(axes.flat, families):
         for lab in labels:
             g, mean, _ = _mean_curve(runs[lab], "tokens", budget, n=40, family=f)
-            ax.plot(g, mean, color=_color(lab), ls="-" if "RAFT" in lab else "--", label=lab)
+            # Prompt-GRPO is uniform GRPO's run itself (1/|D_i| is a constant there): dotted, so GRPO shows through
+            ls = ":" if lab == "Prompt-GRPO" else "-" if "RAFT" in lab else "--"
+            ax.plot(g, mean, color=_color(lab), ls=ls, lw=2 if ls == ":" else 1.5, label=lab)
         start = float(np.mean([r[0]["by_group"][f] for r in runs[labels[0]]]))  # the table's start (mean over seeds)
         ax.axhline(start, color="gray", ls=":", lw=1)
         ax.set_title(f"family {f} ({RULE_FAMILIES.get(f, '?')}), start {start:.2f}", fontsize=10)
@@ -310,7 +312,8 @@ def _plot_families(out: Path, runs: dict, labels: list[str], families: list[str]
         ax.axis("off")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8, frameon=False)
-    fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms; colour: the rule), mean over seeds")
+    fig.suptitle("Per family (solid: RAFT++ arms, dashed: GRPO arms, dotted: Prompt-GRPO, the same runs as GRPO; "
+                 "colour: the rule), mean over seeds")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     atomic_savefig(fig, out / "families.png", dpi=100)
     plt.close(fig)
