@@ -210,27 +210,29 @@ def _inner(u, v) -> torch.Tensor:
 
 
 def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mask) -> torch.Tensor:
-    """One batched forward/backward; per-sample norms from module inputs and output gradients."""
+    """One batched forward/backward; per-sample norms from module inputs and output gradients.
+
+    A module whose tensors have no other use (LoRA's ``A`` and ``B``, an untied head) has its part computed
+    inside the backward, by a hook on its output, as soon as that output's gradient exists; the gradient
+    then goes on with the backward and is not kept (holding every module's output gradient until the end
+    costs about as much again as the activations of the pass). Tensors with several uses (a tied embedding
+    and head; a module called twice) need their uses together for the cross terms: their outputs'
+    gradients are asked of ``autograd.grad`` and combined at the end. The backward also asks for the input
+    embedding's output (a leaf cut from the frozen embedding, or its own output when its weight is chosen):
+    every module lies between it and the loss, so every hook fires; no parameter's ``.grad`` is touched."""
     S, T = input_ids.shape
     keep = attention_mask.bool()
-    calls, hooks = [], []
-
-    def hook(module, inputs, output):
-        calls.append((module, inputs[0], output))
-
-    try:
-        for m in users:
-            hooks.append(m.register_forward_hook(hook))
-        has = completion_mask.bool().any(0)
-        first = int(torch.nonzero(has).flatten()[0]) if bool(has.any()) else T - 1
-        j = min(max(first, 1), T)  # the head sees positions j - 1 .. T - 2 only (token_logprobs' logits_from)
-        lp = token_logprobs(model, input_ids, attention_mask, logits_from=j)
-    finally:
-        for h in hooks:
-            h.remove()
-    loss = -(lp * completion_mask.to(lp.dtype)).sum()
-    outs = [o for _, _, o in calls]
-    grads = torch.autograd.grad(loss, outs, allow_unused=True)
+    has = completion_mask.bool().any(0)
+    first = int(torch.nonzero(has).flatten()[0]) if bool(has.any()) else T - 1
+    j = min(max(first, 1), T)  # the head sees positions j - 1 .. T - 2 only (token_logprobs' logits_from)
+    n_uses: dict[int, int] = {}
+    for m in users:
+        for _, p in users[m]:
+            n_uses[id(p)] = n_uses.get(id(p), 0) + 1
+    shared_modules = {m for m in users if any(n_uses[id(p)] > 1 for _, p in users[m])}
+    uses = {id(p): [] for p in params}  # the uses kept for the end (cross terms)
+    sq = torch.zeros(S, dtype=torch.float32, device=input_ids.device)
+    anchor, kept, handles, calls = [], [], [], {}
 
     def tokens(x, own=False):  # [S, T, ...], or the head's [S, T - j, ...] (positions j-1 ..), padding zeroed
         W = x.shape[1] if x.dim() >= 2 else -1
@@ -239,31 +241,70 @@ def _ghost_norms(model, params, users, input_ids, attention_mask, completion_mas
                                "use method='loop'")
         start = 0 if W == T else j - 1
         k = keep[:, start : start + W].reshape(S, W, *([1] * (x.dim() - 2)))
-        # gradients are ours to change in place and stay in their dtype (the head's is [S, T, V]);
-        # the products below are float32 (_gram)
         return x.masked_fill_(~k, 0) if own else torch.where(k, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-    uses = {id(p): [] for p in params}
-    calls = [(m, inp) for m, inp, _ in calls]  # the outputs (the logits among them) are no longer needed
-    del outs, lp, loss
-    for (m, inp), g in zip(calls, grads):
+    def use(m, role, inp, g, g_masked):
+        """One use of a tensor: its output gradient g (padding zeroed when g_masked) and input."""
+        if isinstance(m, nn.Embedding):
+            g = g if g_masked else tokens(g)
+            if m.padding_idx is not None:  # nn.Embedding never updates the padding row
+                g = torch.where((inp == m.padding_idx)[..., None], torch.zeros_like(g), g)
+            return {"kind": "emb", "ids": inp, "g": g}
+        if role == "bias":
+            return {"kind": "bias", "g": g if g_masked else tokens(g)}
+        # the input's padding zeroed is enough: every term pairs a_t with g_t
+        return {"kind": "lin", "a": tokens(inp.detach()), "g": g}
+
+    def in_backward(m, inp, g):  # a single-use module's output gradient, inside the backward
+        for role, p in users[m]:
+            u = use(m, role, inp, g, g_masked=False)
+            if calls[m] > 1:  # called twice: its uses are summed with the cross terms at the end
+                uses[id(p)].append(u)
+            else:
+                sq.add_(_inner(u, u))
+
+    def on_output(module, inputs, output):
+        calls[module] = calls.get(module, 0) + 1
+        if not output.requires_grad:
+            return
+        if module in shared_modules:
+            kept.append((module, inputs[0], output))
+        else:
+            inp = inputs[0]
+            output.register_hook(lambda g: in_backward(module, inp, g))
+
+    def on_embedding(module, inputs, output):
+        if output.requires_grad:  # the embedding weight is chosen: its own output is in the graph
+            anchor.append(output)
+            return None
+        out = output.detach().requires_grad_()  # the frozen embedding: a leaf every module depends on
+        anchor.append(out)
+        return out
+
+    try:
+        for m in users:
+            handles.append(m.register_forward_hook(on_output))
+        handles.append(model.get_input_embeddings().register_forward_hook(on_embedding))
+        lp = token_logprobs(model, input_ids, attention_mask, logits_from=j)
+    finally:
+        for h in handles:
+            h.remove()
+    loss = -(lp * completion_mask.to(lp.dtype)).sum()
+    outs = [o for _, _, o in kept]
+    extra = [a for a in anchor[:1] if not any(a is o for o in outs)]
+    grads = torch.autograd.grad(loss, outs + extra, allow_unused=True)[: len(outs)]
+    kept = [(m, inp) for m, inp, _ in kept]  # the outputs (the logits among them) are no longer needed
+    del outs, extra, anchor, lp, loss
+    for (m, inp), g in zip(kept, grads):
         if g is None:
             continue
-        g = tokens(g, own=True)
+        g = tokens(g, own=True)  # gradients returned to us: masked in place
         for role, p in users[m]:
-            if isinstance(m, nn.Embedding):
-                if m.padding_idx is not None:  # nn.Embedding never updates the padding row
-                    g = torch.where((inp == m.padding_idx)[..., None], torch.zeros_like(g), g)
-                uses[id(p)].append({"kind": "emb", "ids": inp, "g": g})
-            elif role == "bias":
-                uses[id(p)].append({"kind": "bias", "g": g})
-            else:
-                uses[id(p)].append({"kind": "lin", "a": tokens(inp.detach()), "g": g})
-    sq = torch.zeros(S, dtype=torch.float32, device=input_ids.device)
+            uses[id(p)].append(use(m, role, inp, g, g_masked=True))
     for us in uses.values():
-        for j, u in enumerate(us):
+        for i, u in enumerate(us):
             sq = sq + _inner(u, u)
-            for v in us[j + 1:]:
+            for v in us[i + 1:]:
                 sq = sq + 2.0 * _inner(u, v)
     return sq.clamp_min(0.0).sqrt()
 

@@ -122,6 +122,20 @@ def test_lora_ghost_equals_loop_and_naive():
     torch.testing.assert_close(per_sample_grad_norms(model, ids, am, cm, params="trainable"), ghost)
 
 
+def test_lora_module_called_twice_keeps_its_cross_terms():
+    """A decoder layer used twice (layers[1] is layers[0]): each LoRA tensor gets two gradient terms per
+    sample, and the ghost norm must add 2 <G_1, G_2> as the per-sample gradient does."""
+    base = _llama(False)
+    base.model.layers[1] = base.model.layers[0]
+    model = _lora(base)
+    ids, am, cm = _batch()
+    got = per_sample_grad_norms(model, ids, am, cm, params="lora", method="ghost")
+    # the reference: the official loop, one sample at a time, autograd w.r.t. the tensors themselves
+    # (_naive's cached forward would see the shared layer's cache twice)
+    want = per_sample_grad_norms(model, ids, am, cm, params="lora", method="loop")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+
+
 def test_all_params_uses_loop_and_matches_naive():
     model = _qwen(False).eval()
     ids, am, cm = _batch(S=3)

@@ -1,0 +1,46 @@
+"""bench/rss_by_phase.py's meter: a phase's number is the most resident memory the process held inside it
+(Linux's VmHWM, reset when the phase starts), and an outer phase includes what its inner phases held."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+
+
+def _touch(mib: int) -> bytearray:
+    buf = bytearray(mib * 2**20)
+    for i in range(0, len(buf), 4096):  # resident only once written
+        buf[i] = 1
+    return buf
+
+
+def test_each_phase_records_the_peak_inside_it(monkeypatch):
+    import rss_by_phase as R
+
+    from gvm_mini.rundir import Recorder, RunState
+
+    monkeypatch.setattr(Recorder, "phase", Recorder.phase)  # restored after the test
+    stats = {}
+    R.install_phase_meter(stats)
+    rec = Recorder(RunState())
+    base = R.peak_mib()
+    with rec.phase("update", crash=False):
+        buf = _touch(300)
+        del buf  # freed before the phase ends: the peak still counts it
+    with rec.phase("eval", crash=False):
+        with rec.phase("reward", crash=False):
+            buf = _touch(200)
+            del buf
+        small = _touch(20)
+        del small
+    with rec.phase("allocate", crash=False):
+        pass
+    assert stats["update"][0] >= base + 290
+    assert stats["reward"][0] >= base + 190 and stats["eval"][0] >= stats["reward"][0]  # the outer phase includes it
+    assert stats["allocate"][0] < stats["update"][0] - 250  # the counter was reset: the earlier peak is not carried over
+    assert rec.state.wall["update"] > 0  # the phases are still timed
