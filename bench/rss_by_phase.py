@@ -114,6 +114,10 @@ def child(arm: str, seed: int, budget: int, test_size: int, out: Path, smoke: bo
     cfg = rs.study_config(opts, smoke=smoke, budget=budget, seed=seed)
     if not smoke:
         cfg = validate(replace(cfg, test_size=test_size))
+    if out.exists():  # a measurement: always a fresh run
+        import shutil
+
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     reset_peak()
     em.seed_all(em.phase_seed(cfg.seed, "init"))

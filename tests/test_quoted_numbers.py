@@ -58,6 +58,9 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "demo_isa": lambda: _json("bench/results/demo_isa.json"),  # python bench/demo_isa.py --native runs/demo
     "realmodel": lambda: _json("bench/results/realmodel_curve.json"),  # python bench/realmodel_curve.py --workers 1
     "rmstudy": lambda: _json("bench/results/realmodel_study.json"),  # python bench/realmodel_study.py --workers 2
+    "rss": lambda: _json("bench/results/rss_by_phase.json"),  # python bench/rss_by_phase.py
+    "rss_v1": lambda: _json("bench/results/rss_by_phase_v1.json"),  # the same at 274e405, before the in-backward ghost norms
+    "passes": lambda: _json("bench/results/rss_passes.json"),  # python bench/rss_by_phase.py --passes
     # python bench/backend_training.py --seeds 3 --iterations 2 --test 16 --k 4 (the last record)
     "backend": lambda: _jsonl("bench/results/backend_training.jsonl")[-1],
 }
