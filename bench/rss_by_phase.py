@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [json.loads(d.read_text()) for _, _, d in sorted(results, key=lambda r: jobs.index(r[0]))]
     from gvm_mini.demo.report import machine
 
-    res = {"command": "python bench/rss_by_phase.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": ("python bench/rss_by_phase.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
            "commit": commit, "machine": machine(), "seed": args.seed, "budget_tokens": budget, "test_size": args.test_size, "runs": runs}
     dest = out if args.smoke else ROOT / "bench" / "results"
     from gvm_mini.atomic import atomic_write_text

@@ -61,6 +61,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "rss": lambda: _json("bench/results/rss_by_phase.json"),  # python bench/rss_by_phase.py
     "rss_v1": lambda: _json("bench/results/rss_by_phase_v1.json"),  # the same at 274e405, before the in-backward ghost norms
     "passes": lambda: _json("bench/results/rss_passes.json"),  # python bench/rss_by_phase.py --passes
+    "passes_v1": lambda: _json("bench/results/rss_passes_v1.json"),  # the same at c3400e6
     # python bench/backend_training.py --seeds 3 --iterations 2 --test 16 --k 4 (the last record)
     "backend": lambda: _jsonl("bench/results/backend_training.jsonl")[-1],
 }
@@ -554,6 +555,11 @@ def _wv_rows() -> list[Quote]:
         text = fmt.format(*(c(d) for c in cols))  # the row as the bench printed it; each cell is checked below
         out += row(BENCH, text, "weighting", cols)
     return out
+
+
+def _rss_run(d: dict, arm: str, allocator: str) -> dict:
+    """The run of rss_by_phase.json with this arm and allocator."""
+    return next(r for r in d["runs"] if r["arm"] == arm and r["allocator"] == allocator)
 
 
 def same(task: str, alg: str, rule: str, key: str) -> Callable:
@@ -1389,6 +1395,31 @@ QUOTES: list[Quote] = [
        lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["G"]["mean_n"], 1),
     *q(BENCH, "and H ({12.6}): their shrunk", "study2",
        lambda d: d["tasks"]["rules"]["by_algorithm"]["RAFT++"]["gvm_robust"]["mechanism"]["H"]["mean_n"], 1),
+    # ---- bench/README.md: where the memory goes (rss_by_phase.py)
+    *q(BENCH, "the GVM run peaked at {8,208} MiB, as in the study", "rss_v1", lambda d: _rss_run(d, "GVM-RAFT++", "glibc default")["peak_mib"], 0),
+    *q(BENCH, "the process stayed at {7,248} MiB in every phase", "rss_v1",
+       lambda d: _rss_run(d, "GVM-RAFT++", "glibc default")["phases"]["update"]["median_mib"], 0),
+    *q(BENCH, "the other phases held\n{1,248}-2,498 MiB", "rss_v1",
+       lambda d: min(v["peak_mib"] for k, v in _rss_run(d, "GVM-RAFT++", "trim at once")["phases"].items() if k != "gradnorm"), 0),
+    *q(BENCH, "the other phases held\n1,248-{2,498} MiB", "rss_v1",
+       lambda d: max(v["peak_mib"] for k, v in _rss_run(d, "GVM-RAFT++", "trim at once")["phases"].items() if k != "gradnorm"), 0),
+    *q(BENCH, "the gradient-norm pass alone rose to {5,979} MiB", "rss_v1",
+       lambda d: _rss_run(d, "GVM-RAFT++", "trim at once")["phases"]["gradnorm"]["peak_mib"], 0),
+    *q(BENCH, "the update,\nat {2,277} MiB", "rss_v1", lambda d: _rss_run(d, "uniform-RAFT++", "trim at once")["peak_mib"], 0),
+    *q(BENCH, "run peaks at {7,100} MiB with glibc", "rss", lambda d: _rss_run(d, "GVM-RAFT++", "glibc default")["peak_mib"], 0),
+    *q(BENCH, "and {4,660} MiB trimming", "rss", lambda d: _rss_run(d, "GVM-RAFT++", "trim at once")["peak_mib"], 0),
+    *q(BENCH, "gradient-norm pass holds {5,238} MiB", "passes", lambda d: d["passes"][0]["peak_mib"], 0),
+    *q(BENCH, "before {7,129} MiB", "passes_v1", lambda d: d["passes"][0]["peak_mib"], 0),
+    *q(BENCH, "forward and backward at {5,465} MiB", "passes", lambda d: d["passes"][1]["peak_mib"], 0),
+    *q(BENCH, "{0.96}x the update, before 1.30x", "passes", lambda d: d["gradnorm_over_update"], 2),
+    *q(BENCH, "0.96x the update, before {1.30}x", "passes_v1", lambda d: d["gradnorm_over_update"], 2),
+    *q(BENCH, "plan gives {8,837} and 8,912 MiB", "passes", lambda d: d["passes"][0]["planned_mib"], 0),
+    *q(BENCH, "plan gives 8,837 and {8,912} MiB", "passes", lambda d: d["passes"][1]["planned_mib"], 0),
+    *q(BENCH, "{0.59}x and 0.61x measured", "passes", lambda d: d["gradnorm_over_plan"], 2),
+    *q(BENCH, "0.59x and {0.61}x measured", "passes", lambda d: d["update_over_plan"], 2),
+    *q(BENCH, "pass peaked at {5,910} MiB of RSS", "passes", lambda d: d["passes"][0]["rss_peak_mib"], 0),
+    *q(BENCH, "the update at {9,379} MiB, 1.72x", "passes", lambda d: d["passes"][1]["rss_peak_mib"], 0),
+    *q(BENCH, "9,379 MiB, {1.72}x\nits live tensors", "passes", lambda d: d["passes"][1]["rss_peak_mib"] / d["passes"][1]["peak_mib"], 2),
     # ---- README.md: the demo's Robust arms taken apart, the one-factor study, the map
     *q(R, "allocation alone: -{0.015} ± 0.005 to +0.010 ± 0.009", "study2", _neg(same("rules", "GRPO", "gvm_robust", "mean")), 3),
     *q(R, "-0.015 ± 0.005\n  to +{0.010} ± 0.009 on the small", "study2", same("chains", "RAFT++", "gvm_robust", "mean"), 3),
