@@ -47,8 +47,9 @@ MIB = 2**20
 
 
 def _commit() -> str:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
+    from _common import git_commit  # bench/_common.py: the commit every bench records
+
+    return git_commit() or "unknown"
 ALLOCATORS = {"glibc default": {}, "trim at once": {"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "65536"}}
 
 
