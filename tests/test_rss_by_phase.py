@@ -1,6 +1,7 @@
 """bench/rss_by_phase.py's meter: a phase's number is the most resident memory the process held inside it
 (Linux's VmHWM, reset when the phase starts), and an outer phase includes what its inner phases held."""
 
+import mmap
 import sys
 from pathlib import Path
 
@@ -21,9 +22,12 @@ def _can_reset() -> bool:
 pytestmark = pytest.mark.skipif(not _can_reset(), reason="needs Linux's /proc/self/clear_refs (peak-RSS reset)")
 
 
-def _touch(mib: int) -> bytearray:
-    buf = bytearray(mib * 2**20)
-    for i in range(0, len(buf), 4096):  # resident only once written
+def _touch(mib: int) -> mmap.mmap:
+    """``mib`` MiB of fresh anonymous pages, each written once so it is resident. Mapped directly, not through
+    the process's allocator: in a long pytest run malloc (or a preloaded tcmalloc) may hand back memory that is
+    already resident from earlier tests, and the RSS would not grow (CI saw exactly that)."""
+    buf = mmap.mmap(-1, mib * 2**20)
+    for i in range(0, len(buf), 4096):
         buf[i] = 1
     return buf
 
@@ -41,13 +45,13 @@ def test_each_phase_records_the_peak_inside_it(monkeypatch):
     base = R.peak_mib()
     with rec.phase("update", crash=False):
         buf = _touch(300)
-        del buf  # freed before the phase ends: the peak still counts it
+        buf.close()  # freed before the phase ends: the peak still counts it
     with rec.phase("eval", crash=False):
         with rec.phase("reward", crash=False):
             buf = _touch(200)
-            del buf
+            buf.close()
         small = _touch(20)
-        del small
+        small.close()
     with rec.phase("allocate", crash=False):
         pass
     assert stats["update"][0] >= base + 290
