@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import replace as dc_replace
@@ -48,7 +47,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import git_commit  # noqa: E402
 from gvm_mini import demo  # noqa: E402
 from gvm_mini.atomic import atomic_savefig, atomic_write_text  # noqa: E402
 from gvm_mini.plots import read_jsonl  # noqa: E402
@@ -148,10 +149,7 @@ def passes(mechanism: dict | None, runs: int, prompts: int) -> float | None:
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
+    return git_commit() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
