@@ -174,9 +174,21 @@ def _water_fill(w: np.ndarray, budget: float, lo: float, hi: float) -> np.ndarra
     target = budget - lo * (~pos).sum()
     # f(lam) = sum clip(lam * wp, lo, hi) is continuous, piecewise linear and non-decreasing, with kinks
     # at lam = lo / wp_i and hi / wp_i: find the piece that holds the target and solve it exactly.
-    kinks = np.unique(np.concatenate([lo / wp, hi / wp]))
-    f = np.array([np.clip(k * wp, lo, hi).sum() for k in kinks])
+    with np.errstate(over="ignore"):  # wp_i < ~1e-308 * hi: its kinks overflow to inf (handled below)
+        kinks = np.unique(np.concatenate([lo / wp, hi / wp]))
+        f = np.array([np.clip(k * wp, lo, hi).sum() for k in kinks])
     j = int(np.searchsorted(f, target))  # first kink with f >= target (f[-1] = hi * len(wp) > target)
+    if not np.isfinite(kinks[j]):
+        # lam lies beyond every finite kink: the prompts with a finite hi / wp_i are full, and those whose
+        # weights are over ~1e308 times smaller share the rest, solved on their own scale (same clip, lam
+        # rescaled by their largest weight)
+        with np.errstate(over="ignore"):
+            full = np.isfinite(hi / wp)
+        x = np.full(wp.size, hi, dtype=np.float64)
+        x[~full] = _water_fill(wp[~full], target - hi * full.sum(), lo, hi)
+        n[pos] = x
+        assert abs(n.sum() - budget) <= 1e-6 * max(1.0, budget), f"water-filling lost samples: {n.sum()} != {budget}"
+        return n
     if j == 0:
         lam = kinks[0]
     else:

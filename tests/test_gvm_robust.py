@@ -156,6 +156,19 @@ def test_water_filling_cannot_lose_samples_at_extreme_weight_scales():
         assert x.sum() == pytest.approx(40, rel=1e-12)
 
 
+
+def test_water_filling_with_weights_more_than_1e308_apart():
+    # G = (1e300, 1e-10, 3e-10) at equal p: the small weights' kinks lo / w_i and hi / w_i overflow to inf.
+    # The large prompt is full at the cap 2 * 30 / 3 = 20 and the other two share 10 in the ratio 1 : 3
+    # (2.5, 7.5, both above the floor 2); the earlier code returned 60 samples and failed its assertion.
+    x = A._water_fill(np.array([1e300, 1e-10, 3e-10]), 14.0, 0.0, 10.0)
+    assert x.tolist() == pytest.approx([10.0, 1.0, 3.0], rel=1e-12)
+    x = A._water_fill(np.array([1.0, 1e-310, 3e-310]), 14.0, 0.0, 10.0)  # subnormal weights: the same split
+    assert x.tolist() == pytest.approx([10.0, 1.0, 3.0], rel=1e-9)
+    n = A.gvm_robust([0.5] * 3, [1e300, 1e-10, 1e-10], 30)
+    assert n.tolist() == [20, 5, 5]
+
+
 def test_floor_lowered_when_the_budget_cannot_pay_it_but_explicit_minimum_is_strict():
     # 5 prompts, 7 samples: 7 // 5 = 1, so the default floor 2 drops to 1
     n = A.gvm_robust([0.5, 0.0, 0.0, 0.0, 0.0], [1, 0, 0, 0, 0], 7)
