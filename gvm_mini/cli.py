@@ -28,7 +28,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     d = sub.add_parser("demo", help="the CPU demo: GVM against uniform budgets, with plots and a table")
     d.add_argument("--out", default=None, help="output directory (default: runs/demo, --quick: runs/demo-quick)")
-    d.add_argument("--quick", action="store_true", help="one seed, 50k tokens per run (about half a minute on 2 cores)")
+    d.add_argument("--quick", action="store_true", help="one seed, 50k tokens per run (about a minute on 2 cores)")
     d.add_argument("--task", default="rules", choices=["rules", "chains"],
                    help="rules (default): families of prompts, each with its own correct procedure; "
                         "chains: the previous demo, the counter-example where GVM does not help")
