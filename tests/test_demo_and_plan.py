@@ -234,3 +234,13 @@ def test_a_kill_inside_a_summary_write_leaves_no_torn_file_and_a_rerun_matches(t
     for f in ("summary.json", "summary.md"):
         assert (tmp_path / "killed" / f).read_text() == (tmp_path / "clean" / f).read_text()
     assert not [p for p in (tmp_path / "killed").iterdir() if ".tmp" in p.name]
+
+
+def test_one_seed_table_shows_no_spread(tmp_path):
+    """With one seed (``demo --quick``) there is no spread: the table gives the mean alone, not ``± 0.000``."""
+    from gvm_mini.demo import summarize_runs
+
+    _fake_run(tmp_path / "RAFT++-s0", [(0, 0, 0.2), (1000, 4, 0.5)])
+    summarize_runs(tmp_path, ["RAFT++"], [0], budget=1000)
+    table = (tmp_path / "summary.md").read_text()
+    assert "one seed (no spread)" in table and "| RAFT++ | 0.200 | 0.500 | " in table and "±" not in table

@@ -210,11 +210,20 @@ def _fmt_reach(s: dict, name: str, fmt: str) -> str:
     return "not reached" if v is None else fmt.format(v) + ("" if r is None else f" ({r:.2f}x)")
 
 
+def _over_seeds(n: int) -> str:
+    """How a table or figure summarises ``n`` seeds (one seed has no spread to show)."""
+    return "one seed (no spread)" if n == 1 else f"mean ± std over {n} seeds"
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    return f"{mean:.3f}" if n == 1 else f"{mean:.3f} ± {std:.3f}"
+
+
 def _table(summary: dict, labels: list[str]) -> str:
-    m_star = summary["equal_m_steps"]
+    m_star, k = summary["equal_m_steps"], len(summary["seeds"])
     lines = [
         f"Equal generated tokens ({summary['budget_tokens']:,}, pilots counted) and equal M-steps ({m_star:.0f}, the paper's "
-        f"x-axis, pilots not counted); mean ± std over {len(summary['seeds'])} seeds; measured on {summary['machine']}.",
+        f"x-axis, pilots not counted); {_over_seeds(k)}; measured on {summary['machine']}.",
         "",
         "| method | start acc | final acc at equal tokens | acc at equal M-steps | tokens (pilot) | M-steps | "
         "tokens to reach uniform's final (ratio) | M-steps to reach it (ratio) | GVM stage share of train wall |",
@@ -223,8 +232,8 @@ def _table(summary: dict, labels: list[str]) -> str:
     for lab in labels:
         s = summary["methods"][lab]
         lines.append(
-            f"| {lab} | {s['start_acc']:.3f} | {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} | "
-            f"{s['acc_at_equal_m_steps_mean']:.3f} ± {s['acc_at_equal_m_steps_std']:.3f} | "
+            f"| {lab} | {s['start_acc']:.3f} | {_mean_std(s['final_acc_mean'], s['final_acc_std'], k)} | "
+            f"{_mean_std(s['acc_at_equal_m_steps_mean'], s['acc_at_equal_m_steps_std'], k)} | "
             f"{s['tokens']:,.0f} ({s['pilot_tokens']:,.0f}) | {s['m_steps']:.1f} | {_fmt_reach(s, 'tokens', '{:,.0f}')} | "
             f"{_fmt_reach(s, 'm_steps', '{:.1f}')} | {100 * s['gvm_stage_share_of_train_wall']:.1f}% |"
         )
@@ -284,7 +293,7 @@ def _plot_curves(out: Path, runs: dict, labels: list[str], seeds: list[int], bud
         row[0].set_title(f"{algo}: {', '.join(names)} against tokens", fontsize=10)
         row[1].set_title("against training wall time", fontsize=10)
         row[2].set_title("against M-steps (the paper's x-axis: pilots free)", fontsize=10)
-    fig.suptitle(f"Test accuracy during RL, mean ± std over {len(seeds)} seeds (dotted: start)")
+    fig.suptitle(f"Test accuracy during RL, {_over_seeds(len(seeds))} (dotted: start)")
     fig.tight_layout()
     atomic_savefig(fig, out / "curves.png", dpi=100)
     plt.close(fig)
