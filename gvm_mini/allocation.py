@@ -186,17 +186,12 @@ def _water_fill(w: np.ndarray, budget: float, lo: float, hi: float) -> np.ndarra
             full = np.isfinite(hi / wp)
         x = np.full(wp.size, hi, dtype=np.float64)
         x[~full] = _water_fill(wp[~full], target - hi * full.sum(), lo, hi)
-        n[pos] = x
-        assert abs(n.sum() - budget) <= 1e-6 * max(1.0, budget), f"water-filling lost samples: {n.sum()} != {budget}"
-        return n
-    if j == 0:
-        lam = kinks[0]
     else:
-        lam = kinks[j - 1] + (target - f[j - 1]) * (kinks[j] - kinks[j - 1]) / (f[j] - f[j - 1])
-    x = np.clip(lam * wp, lo, hi)
-    free = (x > lo) & (x < hi)
-    if free.any():  # remove the last rounding error on the free set
-        x[free] *= (target - x[~free].sum()) / x[free].sum()
+        lam = kinks[0] if j == 0 else kinks[j - 1] + (target - f[j - 1]) * (kinks[j] - kinks[j - 1]) / (f[j] - f[j - 1])
+        x = np.clip(lam * wp, lo, hi)
+        free = (x > lo) & (x < hi)
+        if free.any():  # remove the last rounding error on the free set
+            x[free] *= (target - x[~free].sum()) / x[free].sum()
     n[pos] = x
     assert abs(n.sum() - budget) <= 1e-6 * max(1.0, budget), f"water-filling lost samples: {n.sum()} != {budget}"
     return n
