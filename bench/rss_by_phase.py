@@ -43,13 +43,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from _common import git_commit  # noqa: E402  (bench/_common.py: the commit every bench records)
+
 MIB = 2**20
-
-
-def _commit() -> str:
-    from _common import git_commit  # bench/_common.py: the commit every bench records
-
-    return git_commit() or "unknown"
 ALLOCATORS = {"glibc default": {}, "trim at once": {"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "65536"}}
 
 
@@ -213,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(dest).write_text(json.dumps(res))
         return 0
     arms = args.arms.split(",") if not args.smoke else [a for a, _, _, _ in rs.SMOKE_ARMS]
-    commit = _commit()  # the code the runs execute
+    commit = git_commit() or "unknown"  # the code the runs execute
     jobs = [(a, alloc) for alloc in ALLOCATORS for a in arms]
     out.mkdir(parents=True, exist_ok=True)
     results, running = [], []
@@ -264,7 +260,7 @@ def passes(args, out: Path) -> int:
             return 1
         rows.append(json.loads(dest.read_text()))
     g, u = rows
-    res = {"command": "python bench/rss_by_phase.py --passes", "commit": _commit(), "machine": machine(), "passes": rows,
+    res = {"command": "python bench/rss_by_phase.py --passes", "commit": git_commit() or "unknown", "machine": machine(), "passes": rows,
            "gradnorm_over_update": g["peak_mib"] / u["peak_mib"],
            "gradnorm_over_plan": g["peak_mib"] / g["planned_mib"], "update_over_plan": u["peak_mib"] / u["planned_mib"]}
     lines = [f"{r['pass']:8s} {r['rows']} x {r['tokens']} tokens: weights + live tensors {r['peak_mib']:,.0f} MiB, planned "

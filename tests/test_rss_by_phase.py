@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+
 def _can_reset() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
